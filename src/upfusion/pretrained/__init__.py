@@ -1,0 +1,1 @@
+"""Frozen pre-trained parts (semantic backbones, text encoders) and the checkpoint format."""
