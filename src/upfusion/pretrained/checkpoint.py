@@ -78,7 +78,9 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     if path.is_dir():
         records = sorted(p for p in path.glob("*.json") if _is_record(p))
         if len(records) != 1:
-            raise UpfusionError(f"{path}: expected exactly one upfusion checkpoint record (*.json), found {len(records)}")
+            raise UpfusionError(
+                f"{path}: expected exactly one upfusion checkpoint record (*.json), found {len(records)}"
+            )
         path = records[0]
     if path.suffix == ".safetensors":
         path = path.with_suffix(".json")
@@ -183,8 +185,13 @@ def _load_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Te
         raise UpfusionError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: Path, ignore_prefix: str = "") -> None:
-    """``load_state_dict`` that names missing, unexpected and mis-shaped keys in one line."""
+def load_state_strict(
+    module: nn.Module, state: dict[str, torch.Tensor], source: Path, ignore_prefix: str | tuple[str, ...] = ()
+) -> None:
+    """``load_state_dict`` that names missing, unexpected and mis-shaped keys in one line.
+
+    The module's own keys starting with ``ignore_prefix`` are neither expected nor loaded.
+    """
     own = {k: v for k, v in module.state_dict().items() if not (ignore_prefix and k.startswith(ignore_prefix))}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -194,8 +201,11 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
         def few(keys: list[str]) -> str:
             return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
 
-        parts = [f"{label} {len(keys)}: {few(keys)}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
+        parts = [
+            f"{label} {len(keys)}: {few(keys)}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
+            if keys
+        ]
         raise UpfusionError(f"{source}: weights do not fit the network ({'; '.join(parts)})")
     module.load_state_dict(state, strict=False)
 

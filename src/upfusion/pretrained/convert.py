@@ -51,10 +51,14 @@ def infer_config(state: dict[str, torch.Tensor]) -> ModelConfig:
     """The ModelConfig whose shapes the reference state dict has (ratios checked, not guessed)."""
     try:
         dim = state["patch_embed.proj.weight"].shape[0]
-        blocks = tuple(_count_blocks(state, s) for s in
-                       ("encoder_level1_vi", "encoder_level2_vi", "encoder_level3_vi", "latent_vi"))
-        heads = tuple(state[f"{s}.0.attn.temperature"].shape[0] for s in
-                      ("encoder_level1_vi", "encoder_level2_vi", "encoder_level3_vi", "latent_vi"))
+        blocks = tuple(
+            _count_blocks(state, s)
+            for s in ("encoder_level1_vi", "encoder_level2_vi", "encoder_level3_vi", "latent_vi")
+        )
+        heads = tuple(
+            state[f"{s}.0.attn.temperature"].shape[0]
+            for s in ("encoder_level1_vi", "encoder_level2_vi", "encoder_level3_vi", "latent_vi")
+        )
         refinement = _count_blocks(state, "refinement")
         hidden = state["encoder_level1_vi.0.ffn.project_out.weight"].shape[1]
         scpm_keep = state["channel_select.expand_conv.weight"].shape[1]
@@ -91,7 +95,9 @@ def _read_embedding(path: str | Path, text_dim: int) -> np.ndarray:
     except Exception as exc:
         raise UpfusionError(f"{path}: not a readable .npy text embedding ({exc})") from None
     if vector.size != text_dim:
-        raise UpfusionError(f"{path}: text embedding has {vector.size} values, the checkpoint's text width is {text_dim}")
+        raise UpfusionError(
+            f"{path}: text embedding has {vector.size} values, the checkpoint's text width is {text_dim}"
+        )
     return vector
 
 
@@ -125,8 +131,9 @@ def convert_official(
     else:
         vector, precision = _read_embedding(text_embedding, config.text_dim), f"given ({Path(text_embedding).name})"
 
-    backbone_state = {k[len(OFFICIAL_BACKBONE_PREFIX):]: v for k, v in state.items()
-                      if k.startswith(OFFICIAL_BACKBONE_PREFIX)}
+    backbone_state = {
+        k[len(OFFICIAL_BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(OFFICIAL_BACKBONE_PREFIX)
+    }
     network_state = {k: v for k, v in state.items() if not k.startswith(OFFICIAL_BACKBONE_PREFIX)}
     model = build_model(config)  # the backbone at random init: filled below or from the published weights
     load_state_strict(model, network_state, src, ignore_prefix=BACKBONE_PREFIX)
