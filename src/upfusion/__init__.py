@@ -5,6 +5,8 @@ Public API (imported lazily so that ``upfusion --help`` does not load torch):
 - ``build_model(name_or_config)``: the network, by preset name or ``ModelConfig``
 - ``load_network(path)``: a checkpoint's network (eval mode) and its stored text embedding
 - ``ModelConfig``, ``PRESETS``: network shapes
+- ``load(name_or_path=None, device=None, precision=None)``: a ``Fuser``; ``Fuser.fuse(a, b)`` fuses
+  two images (paths, numpy arrays, PIL images) of any size, keeping colour
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ _LAZY = {
     "save_checkpoint": "upfusion.pretrained.checkpoint",
     "convert_official": "upfusion.pretrained.convert",
     "UpfusionError": "upfusion.errors",
+    "load": "upfusion.fuse",
+    "Fuser": "upfusion.fuse",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -24,20 +24,24 @@ def as_image(x: ArrayLike, name: str = "image") -> np.ndarray:
         raise ValueError(f"{name}: expected a 2-D grey image, got shape {arr.shape}")
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise ValueError(f"{name}: expected real numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
+    floating = np.issubdtype(arr.dtype, np.floating)
+    arr = np.asarray(arr, dtype=np.float64)  # no copy for float64 input: the metrics never write to it
+    if floating and not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: contains NaN or infinite values")
     return arr
 
 
 def round_half_away(x: np.ndarray) -> np.ndarray:
-    """MATLAB ``round``: halves go away from zero (numpy rounds them to even).
+    """MATLAB ``round``: halves go away from zero (numpy rounds them to even); float64 result.
 
-    ``floor(|x| + 0.5)`` is not used because it rounds 0.49999999999999994 up.
+    ``floor(x + 0.5)`` alone is wrong where ``x + 0.5`` rounds up to an integer in floating point
+    (x = 0.49999999999999994 gives 1), so those elements are stepped back by one.
     """
     mag = np.abs(x)
-    whole = np.floor(mag)
-    return np.copysign(whole + (mag - whole >= 0.5), x)
+    r = mag + 0.5
+    np.floor(r, out=r)
+    r -= mag < r - 0.5  # the exact test: is |x| below the rounding point r - 0.5?
+    return np.copysign(r, x, out=r)
 
 
 def to_levels(x: np.ndarray) -> np.ndarray:
@@ -94,7 +98,7 @@ def gaussian_1d(size: int, sigma: float) -> np.ndarray:
     unless an entry is within rounding of the threshold, which does not happen for the sizes used).
     """
     r = (size - 1) / 2
-    k = np.exp(-(np.arange(size) - r) ** 2 / (2 * sigma * sigma))
+    k = np.exp(-((np.arange(size) - r) ** 2) / (2 * sigma * sigma))
     outer = np.outer(k, k)
     if np.any(outer < np.finfo(float).eps * outer.max()):
         raise ValueError("gaussian_1d: window too wide for a separable fspecial equivalent")
@@ -108,8 +112,9 @@ def filter_same_replicate(x: np.ndarray, w1d: np.ndarray) -> np.ndarray:
     return ndimage.correlate1d(y, w1d, axis=1, mode="nearest")
 
 
-def filter_valid(x: np.ndarray, w1d: np.ndarray) -> np.ndarray:
-    """Separable correlation kept where the window lies wholly inside (MATLAB ``filter2(..., 'valid')``).
+def filter_valid(x: np.ndarray, w1d: np.ndarray, step: int = 1) -> np.ndarray:
+    """Separable correlation kept where the window lies wholly inside (MATLAB ``filter2(..., 'valid')``),
+    then every ``step``-th row and column of that (``(1:step:end, 1:step:end)``).
 
     An image smaller than the window gives an empty array, as in MATLAB.
     """
@@ -117,10 +122,11 @@ def filter_valid(x: np.ndarray, w1d: np.ndarray) -> np.ndarray:
     r = n // 2
     rows, cols = x.shape
     if rows < n or cols < n:
-        return np.zeros((max(rows - n + 1, 0), max(cols - n + 1, 0)))
-    # Filter only the rows that survive the crop along the other axis (saves work, same sums).
-    y = ndimage.correlate1d(x, w1d, axis=0, mode="constant")[r : rows - r]
-    return ndimage.correlate1d(y, w1d, axis=1, mode="constant")[:, r : cols - r]
+        return np.zeros((max(rows - n + 1, 0), max(cols - n + 1, 0)))[::step, ::step]
+    # Each pass is kept only at the rows (columns) that survive the crop and the subsampling:
+    # the same sums, less work.
+    y = ndimage.correlate1d(x, w1d, axis=0, mode="constant")[r : rows - r : step]
+    return ndimage.correlate1d(y, w1d, axis=1, mode="constant")[:, r : cols - r : step]
 
 
 class Triple:
@@ -135,9 +141,7 @@ class Triple:
         self.b = as_image(b, "b")
         self.f = as_image(f, "f")
         if not (self.a.shape == self.b.shape == self.f.shape):
-            raise ValueError(
-                f"images differ in size: a {self.a.shape}, b {self.b.shape}, f {self.f.shape}"
-            )
+            raise ValueError(f"images differ in size: a {self.a.shape}, b {self.b.shape}, f {self.f.shape}")
         self._cache: dict[Any, Any] = {}
 
     def image(self, key: str) -> np.ndarray:

@@ -11,7 +11,7 @@ from scipy import ndimage
 
 
 def as_float_image(x: np.ndarray) -> np.ndarray:
-    """Return a 2-D float64 copy-free view of ``x`` (any numeric dtype, values 0..255, never rescaled)."""
+    """``x`` as a 2-D float64 array (any numeric dtype, grey levels 0..255, never rescaled)."""
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D grey image, got shape {arr.shape}")
@@ -46,18 +46,20 @@ def gauss_1d(n: int, sigma: float) -> np.ndarray:
     return g / g.sum()
 
 
-def correlate_sep(x: np.ndarray, g: np.ndarray, valid: bool = False) -> np.ndarray:
-    """Separable correlation of the last two axes of ``x`` with ``outer(g, g)``, zero padding.
+def correlate_sep(x: np.ndarray, g: np.ndarray, valid: bool = False, step: int = 1) -> np.ndarray:
+    """Separable correlation of the last two axes of ``x`` with ``outer(g, g)`` (odd-length ``g``).
 
-    With ``valid`` the border where the kernel leaves the image is cropped, so each side shrinks by
-    ``len(g) - 1``. Used only where the definitions say the summation order does not matter.
+    'same' size with zero padding by default; with ``valid`` only the outputs whose window lies inside
+    the image (each side shrinks by ``len(g) - 1``), and with ``step`` only every step-th of those rows and
+    columns, starting with the first. Used only where the definitions say the summation order does not
+    matter (the 2-D kernel is applied as two 1-D passes).
     """
-    n = len(g)
-    half = (n - 1) // 2
-    if valid:
-        # only rows/columns whose window lies inside the image are needed: filter rows first, then crop
-        rows = ndimage.correlate1d(x, g, axis=-2, mode="constant", cval=0.0)[..., half : x.shape[-2] - half, :]
-        out = ndimage.correlate1d(rows, g, axis=-1, mode="constant", cval=0.0)
-        return out[..., :, half : x.shape[-1] - half]
-    out = ndimage.correlate1d(x, g, axis=-2, mode="constant", cval=0.0)
-    return ndimage.correlate1d(out, g, axis=-1, mode="constant", cval=0.0)
+    if not valid:
+        out = ndimage.correlate1d(x, g, axis=-2, mode="constant", cval=0.0)
+        return ndimage.correlate1d(out, g, axis=-1, mode="constant", cval=0.0)
+    half = (len(g) - 1) // 2
+    rows, cols = x.shape[-2:]
+    # crop (and subsample) the rows before the second pass so that it only does the work that is kept
+    out = ndimage.correlate1d(x, g, axis=-2, mode="constant", cval=0.0)[..., half : rows - half : step, :]
+    out = ndimage.correlate1d(out, g, axis=-1, mode="constant", cval=0.0)
+    return out[..., :, half : cols - half : step]

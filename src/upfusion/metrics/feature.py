@@ -15,8 +15,15 @@ _QP_C = 1e-4
 _GUARD = 1e-5
 
 
-def _zhao_feature(u_a: np.ndarray, u_b: np.ndarray, u_max: np.ndarray, v: np.ndarray,
-                  masks: np.ndarray, count_max: int, g: np.ndarray) -> float:
+def _zhao_feature(
+    u_a: np.ndarray,
+    u_b: np.ndarray,
+    u_max: np.ndarray,
+    v: np.ndarray,
+    masks: np.ndarray,
+    count_max: int,
+    g: np.ndarray,
+) -> float:
     """P_Y for one feature: mean over the mask_max pixels of max(r_A, r_B, r_max).
 
     ``u_*`` are the masked source maps, ``v`` the unmasked fused map and ``masks`` the (3, R, C) boolean
@@ -38,34 +45,43 @@ def _zhao_feature(u_a: np.ndarray, u_b: np.ndarray, u_max: np.ndarray, v: np.nda
         return float(best.sum() / count_max)
 
 
-def q_p(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
-    """Q_P (Zhao et al. 2007): product of the PC, M and m feature-preservation scores.
-
-    Phase congruency per image (raw 0..255) from :func:`phase_congruency`; sources are masked at PC > 0.1,
-    the fused maps are not; the maximum-source map takes A where PC_A > PC_B (ties take B). Local
-    statistics are gauss(11, 1.5) correlations with zero padding; each score is divided by the number of
-    pixels with PC_max > 0.1 (NaN if there are none).
-    """
+def zhao_scores(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> tuple[float, float, float]:
+    """The three factors (P_PC, P_M, P_m) of Q_P; see :func:`q_p`."""
     a, b, f = as_float_image(a), as_float_image(b), as_float_image(f)
+    # each image's phase congruency is computed once and reused for all three features
     feats_a = phase_congruency(a)
     feats_b = phase_congruency(b)
     feats_f = phase_congruency(f)
 
     pc_a, pc_b = feats_a[0], feats_b[0]
-    take_a = pc_a > pc_b
+    take_a = pc_a > pc_b  # strict: ties take B
     pc_max = np.where(take_a, pc_a, pc_b)
     masks = np.stack([pc_a > _QP_MASK_THRESHOLD, pc_b > _QP_MASK_THRESHOLD, pc_max > _QP_MASK_THRESHOLD])
     count_max = int(masks[2].sum())
     g = gauss_1d(11, 1.5)
 
-    result = 1.0
+    scores = []
     for y_a, y_b, y_f in zip(feats_a, feats_b, feats_f, strict=True):
         y_max = np.where(take_a, y_a, y_b)
+        # sources are masked by their own PC mask, the fused map is not
         u_a = np.where(masks[0], y_a, 0.0)
         u_b = np.where(masks[1], y_b, 0.0)
         u_max = np.where(masks[2], y_max, 0.0)
-        result *= _zhao_feature(u_a, u_b, u_max, y_f, masks, count_max, g)
-    return float(result)
+        scores.append(_zhao_feature(u_a, u_b, u_max, y_f, masks, count_max, g))
+    return scores[0], scores[1], scores[2]
+
+
+def q_p(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
+    """Q_P (Zhao et al. 2007, ``metricZhao``): P_PC * P_M * P_m.
+
+    Phase congruency and its moments M, m per image on raw 0..255 (:func:`phase_congruency`). Sources
+    are masked at PC > 0.1, the fused maps are not; the maximum-source maps take A where PC_A > PC_B
+    (ties take B). Local statistics are gauss(11, 1.5) correlations with zero padding ('same'); each
+    factor is the sum of max(r_A, r_B, r_max) over pixels divided by the number of pixels with
+    PC_max > 0.1 (NaN if there are none).
+    """
+    p_pc, p_big_m, p_small_m = zhao_scores(a, b, f)
+    return float(p_pc * p_big_m * p_small_m)
 
 
 def _sobel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

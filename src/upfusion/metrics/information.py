@@ -58,7 +58,11 @@ def q_ncie_of(t: Triple) -> float:
     )
     k = 3.0
     lam = np.linalg.eigvalsh(r) / k
-    # 0 log 0 = 0; R is positive semi-definite, so only round-off can make an eigenvalue negative.
+    # For real images the NCCs are well below 1 and R is positive definite. A clearly negative
+    # eigenvalue has no real entropy (the original returns a complex number): NaN. Round-off
+    # around a zero eigenvalue is dropped (0 log 0 = 0).
+    if lam.min() < -1e-12:
+        return NAN
     lam = lam[lam > 0]
     h_r = -float(np.sum(lam * np.log2(lam))) / 8.0
     return 1.0 - h_r
@@ -70,7 +74,8 @@ def q_ncie(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> float:
     Convention: each image is stretched by ``normalize1`` (min-max to integer levels 0..255, round
     half away from zero; an all-zero image is kept, a constant non-zero image gives NaN). Pairwise
     NCC = H(X)+H(Y)-H(X,Y) from 256x256 joint histograms, entropies in log base 256. With the
-    eigenvalues l_i of the 3x3 NCC matrix, Q_NCIE = 1 + sum (l_i/3) log_256(l_i/3). Range about 0..1.
+    eigenvalues l_i of the 3x3 NCC matrix, Q_NCIE = 1 + sum (l_i/3) log_256(l_i/3). Range 0..1 (NaN
+    where an image is constant and non-zero, or the NCC matrix has a negative eigenvalue).
     """
     return q_ncie_of(Triple(a, b, f))
 
@@ -133,4 +138,3 @@ def mi(a: ArrayLike, b: ArrayLike, f: ArrayLike) -> float:
     reports the same sum in nats (times ln 2).
     """
     return mi_of(Triple(a, b, f))
-

@@ -93,64 +93,107 @@ def _filter_bank(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return log_gabor, spread, noise_factor
 
 
+# pixels per block of the per-pixel stage: small enough to stay in cache, large enough that the Python
+# overhead per block is negligible
+_BLOCK_PIXELS = 16384
+
+
+def _median(x: np.ndarray) -> float:
+    """np.median of a 1-D array (mean of the two middle values for an even count), usually faster.
+
+    The middle order statistics are located within a narrow bracket estimated from a strided sample,
+    so only the values inside it are partitioned; if the bracket misses, the full median is taken.
+    """
+    n = x.size
+    middle = [n // 2 - 1, n // 2] if n % 2 == 0 else [n // 2]
+    sample = np.sort(x[:: max(1, n // 4096)])
+    lo = sample[max(0, int(0.45 * sample.size) - 1)]
+    hi = sample[min(sample.size - 1, int(0.55 * sample.size) + 1)]
+    below = np.count_nonzero(x < lo)
+    inside = x[(x >= lo) & (x <= hi)]
+    if n < 8192 or below > middle[0] or below + inside.size <= middle[-1]:
+        return float(np.median(x))
+    part = np.partition(inside, [k - below for k in middle])
+    return float(np.mean(part[[k - below for k in middle]]))
+
+
+def _noise_threshold(a1_sq: np.ndarray, noise_factor: float) -> float:
+    """Kovesi's analytic noise threshold from the squared smallest-scale amplitude, divided by 1.7."""
+    m2 = _median(a1_sq.ravel()) / np.log(2.0)  # mean noise energy squared: median / ln 2 = -median / ln 0.5
+    tau = np.sqrt(noise_factor * m2 / 2.0)  # Rayleigh parameter of the total noise energy
+    mean_noise = tau * np.sqrt(np.pi / 2.0)
+    sigma_noise = np.sqrt((2.0 - np.pi / 2.0) * tau * tau)
+    return float((mean_noise + K_NOISE * sigma_noise) / 1.7)
+
+
+def _orientation_block(eo: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted energy W*E and amplitude sum for a block of pixels of one orientation.
+
+    ``eo`` holds the complex responses of all scales, shape (n_s, ...). With Z = sumE + i sumO and
+    X = |Z| + eps, the energy about the mean phase vector (mE, mO) = (sumE, sumO) / X is rearranged so
+    that X divides once: sum_s (e mE + o mO) = |Z|^2 / X and |e mO - o mE| = |Im(eo * conj(Z))| / X.
+    """
+    amp = np.abs(eo)
+    sum_a = amp.sum(axis=0)
+    max_a = np.maximum(np.maximum(amp[0], amp[1]), np.maximum(amp[2], amp[3]))
+    total = eo.sum(axis=0)
+    sum_e = total.real
+    sum_o = total.imag
+    norm_sq = sum_e * sum_e + sum_o * sum_o
+    xnorm = np.sqrt(norm_sq) + EPS
+    deviation = np.abs((eo * np.conj(total)).imag).sum(axis=0)
+    energy = (norm_sq - deviation) / xnorm
+    energy = np.maximum(energy - threshold, 0.0)
+    # W * E with W = 1 / (1 + exp((cutOff - width) * g)) in (0, 1); where E = 0 the product is 0 whatever
+    # W is, so the (slow) exp is only evaluated where the energy exceeds the noise threshold
+    active = energy > 0
+    width = (sum_a[active] / (max_a[active] + EPS)) / N_SCALE
+    weighted = np.zeros_like(energy)
+    weighted[active] = 1.0 / (1.0 + np.exp((CUT_OFF - width) * G_SIGMOID)) * energy[active]
+    return weighted, sum_a
+
+
 def phase_congruency(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (PC, M, m) of a 2-D image in raw grey levels (float64, R x C each).
 
     PC = sum_o W_o*E_o / (sum_o sum_s A_so + eps); M and m are the maximum and minimum moments of the
-    covariance of the per-orientation PC_o (squares divided by n_o/2, cross term by n_o). A constant image
-    gives NaN, as the original does.
+    covariance of the per-orientation PC_o (squares divided by n_o/2, cross term by n_o). PC_o = W*E / sum_A
+    has no eps, as in the original: where all responses are exactly 0 (an all-black image) PC is 0 but
+    M and m are NaN.
     """
     img = np.asarray(image, dtype=np.float64)
     rows, cols = img.shape
     log_gabor, spread, noise_factor = _filter_bank(rows, cols)
     spectrum = sfft.fft2(img)
+    block = max(1, _BLOCK_PIXELS // cols)
 
     energy_all = np.zeros((rows, cols))
     amp_all = np.zeros((rows, cols))
     cov_a = np.zeros((rows, cols))
     cov_b = np.zeros((rows, cols))
     cov_c = np.zeros((rows, cols))
+    eo = np.empty((N_SCALE, rows, cols), dtype=np.complex128)
+    # the spectrum times each radial part, reused by all orientations (filter H = log-Gabor * spread)
+    spectrum_lg = spectrum * log_gabor
 
     for o in range(N_ORIENT):
+        for s in range(N_SCALE):
+            np.multiply(spectrum_lg[s], spread[o], out=eo[s])
+            sfft.ifft2(eo[s], overwrite_x=True)  # in place: eo[s] becomes the complex response
+        threshold = _noise_threshold(np.abs(eo[0]) ** 2, noise_factor[o])
         angl = o * np.pi / N_ORIENT
-        # responses at all scales of this orientation in one batched inverse FFT
-        eo = sfft.ifft2(spectrum * (log_gabor * spread[o]), axes=(-2, -1), overwrite_x=True)
-        even = eo.real
-        odd = eo.imag
-        amp = np.abs(eo)
-        sum_e = even.sum(axis=0)
-        sum_o = odd.sum(axis=0)
-        sum_a = amp.sum(axis=0)
-        max_a = amp.max(axis=0)
-
-        # energy about the mean phase vector
-        xnorm = np.sqrt(sum_e * sum_e + sum_o * sum_o) + EPS
-        mean_e = sum_e / xnorm
-        mean_o = sum_o / xnorm
-        energy = np.sum(even * mean_e + odd * mean_o - np.abs(even * mean_o - odd * mean_e), axis=0)
-
-        # Kovesi's analytic noise estimate from the smallest scale of this orientation
-        a1 = amp[0]
-        m2 = np.median(a1 * a1) / np.log(2.0)
-        tau = np.sqrt(noise_factor[o] * m2 / 2.0)
-        mean_noise = tau * np.sqrt(np.pi / 2.0)
-        sigma_noise = np.sqrt((2.0 - np.pi / 2.0) * tau * tau)
-        threshold = (mean_noise + K_NOISE * sigma_noise) / 1.7
-        energy = np.maximum(energy - threshold, 0.0)
-
-        width = (sum_a / (max_a + EPS)) / N_SCALE
-        weight = 1.0 / (1.0 + np.exp((CUT_OFF - width) * G_SIGMOID))
-        weighted = weight * energy
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pc_o = weighted / sum_a  # no eps here: 0/0 only for a constant image, NaN as in the original
-
-        energy_all += weighted
-        amp_all += sum_a
-        pc_c = pc_o * np.cos(angl)
-        pc_s = pc_o * np.sin(angl)
-        cov_a += pc_c * pc_c
-        cov_b += pc_s * pc_s
-        cov_c += pc_c * pc_s
+        for r0 in range(0, rows, block):
+            r1 = min(rows, r0 + block)
+            weighted, sum_a = _orientation_block(eo[:, r0:r1], threshold)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pc_o = weighted / sum_a  # no eps: 0/0 only for a constant image, NaN as in the original
+            energy_all[r0:r1] += weighted
+            amp_all[r0:r1] += sum_a
+            pc_c = pc_o * np.cos(angl)
+            pc_s = pc_o * np.sin(angl)
+            cov_a[r0:r1] += pc_c * pc_c
+            cov_b[r0:r1] += pc_s * pc_s
+            cov_c[r0:r1] += pc_c * pc_s
 
     pc = energy_all / (amp_all + EPS)
     cov_a /= N_ORIENT / 2
@@ -167,9 +210,9 @@ def noise_thresholds(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image, dtype=np.float64)
     log_gabor, spread, noise_factor = _filter_bank(*img.shape)
     spectrum = sfft.fft2(img)
-    out = np.empty(N_ORIENT)
-    for o in range(N_ORIENT):
-        a1 = np.abs(sfft.ifft2(spectrum * (log_gabor[0] * spread[o])))
-        tau = np.sqrt(noise_factor[o] * (np.median(a1 * a1) / np.log(2.0)) / 2.0)
-        out[o] = (tau * np.sqrt(np.pi / 2.0) + K_NOISE * np.sqrt((2.0 - np.pi / 2.0) * tau * tau)) / 1.7
-    return out
+    return np.array(
+        [
+            _noise_threshold(np.abs(sfft.ifft2(spectrum * (log_gabor[0] * spread[o]))) ** 2, noise_factor[o])
+            for o in range(N_ORIENT)
+        ]
+    )

@@ -21,19 +21,30 @@ def _blur(t: Triple, key: str, make) -> np.ndarray:
     return t.cached(("ssim_blur", key), lambda: filter_same_replicate(make(), _WINDOW))
 
 
+def _moments(t: Triple, source: str) -> tuple[np.ndarray, ...]:
+    """(mu_x mu_f, mu_x^2 + mu_f^2, sigma_xf, sigma_x^2 + sigma_f^2) of a source and F, shared by both L."""
+
+    def make() -> tuple[np.ndarray, ...]:
+        x, f = t.image(source), t.f
+        mu_x = _blur(t, source, lambda: x)
+        mu_f = _blur(t, "f", lambda: f)
+        mu_xf = mu_x * mu_f
+        mu_x2, mu_f2 = mu_x * mu_x, mu_f * mu_f
+        sxf = _blur(t, source + "f", lambda: x * f) - mu_xf
+        # Each variance on its own first, as MATLAB does (keeps the round-off of the original).
+        s_sq = (_blur(t, source + source, lambda: x * x) - mu_x2) + (_blur(t, "ff", lambda: f * f) - mu_f2)
+        mu_sq = mu_x2 + mu_f2
+        return mu_xf, mu_sq, sxf, s_sq
+
+    return t.cached(("ssim_moments", source), make)
+
+
 def ssim_map(t: Triple, source: str, dynamic_range: float) -> np.ndarray:
     """MathWorks ``ssim`` map of F against one source (``"a"`` or ``"b"``), full image size."""
-    x, f = t.image(source), t.f
-    mu_x = _blur(t, source, lambda: x)
-    mu_f = _blur(t, "f", lambda: f)
-    sxx = _blur(t, source + source, lambda: x * x) - mu_x * mu_x
-    sff = _blur(t, "ff", lambda: f * f) - mu_f * mu_f
-    sxf = _blur(t, source + "f", lambda: x * f) - mu_x * mu_f
+    mu_xf, mu_sq, sxf, s_sq = _moments(t, source)
     c1 = (0.01 * dynamic_range) ** 2
     c2 = (0.03 * dynamic_range) ** 2
-    num = (2 * mu_x * mu_f + c1) * (2 * sxf + c2)
-    den = (mu_x * mu_x + mu_f * mu_f + c1) * (sxx + sff + c2)
-    return num / den
+    return ((2 * mu_xf + c1) * (2 * sxf + c2)) / ((mu_sq + c1) * (s_sq + c2))
 
 
 def _ssim_mean(t: Triple, dynamic_range: float) -> float:

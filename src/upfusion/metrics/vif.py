@@ -17,10 +17,10 @@ _WINDOWS = [gaussian_1d(2 ** (5 - s) + 1, (2 ** (5 - s) + 1) / 5.0) for s in ran
 
 
 def _pyramid(x: np.ndarray) -> list[np.ndarray]:
-    """The image at each of the 4 scales (scale s > 1: 'valid' filter with that scale's window, then 2x subsample)."""
+    """The image at each of the 4 scales (s > 1: 'valid' filter with scale s's window, then 2x subsample)."""
     levels = [x]
     for window in _WINDOWS[1:]:
-        x = filter_valid(x, window)[::2, ::2]
+        x = filter_valid(x, window, step=2)
         levels.append(x)
     return levels
 

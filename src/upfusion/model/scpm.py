@@ -43,9 +43,7 @@ class SCPM(nn.Module):
         self.keep = int(keep_ratio * c)
         self.fc = None
         if channel_attention:
-            self.fc = nn.Sequential(
-                nn.Linear(c, c // 8), nn.ReLU(inplace=True), nn.Linear(c // 8, c), nn.Sigmoid()
-            )
+            self.fc = nn.Sequential(nn.Linear(c, c // 8), nn.ReLU(inplace=True), nn.Linear(c // 8, c), nn.Sigmoid())
         self.backbone = backbone
         if backbone is not None:
             self.suo_conv = conv1x1(c, 3)  # features -> a 3-channel "image" for the backbone

@@ -1,0 +1,171 @@
+"""Training data: registered source pairs from folder pairs, paired by file stem.
+
+``FusionPairs`` is a map-style dataset over one or more ``(folder_a, folder_b)`` pairs. Each
+item is a random crop of one pair, flipped at random (both sources alike), as two luma tensors
+``[1, crop, crop]`` in [0, 1]: the network sees BT.601 luma, as the pipeline gives it.
+
+The randomness of an item comes from ``(seed, epoch, index)`` alone, never from a global
+generator, so a resumed run draws exactly the crops an uninterrupted run draws, whatever the
+number of loader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import UpfusionError
+from .pairing import pair_by_stem
+
+# BT.601 luma weights (spec section 7)
+LUMA = (0.299, 0.587, 0.114)
+
+
+def read_image_u8(path: Path) -> np.ndarray:
+    """An 8-bit image file as uint8 ``H x W`` (grey) or ``H x W x 3`` (colour); alpha dropped."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+                raise UpfusionError(f"{path}: {im.mode} image; training reads 8-bit images, convert it first")
+            im = im.convert("L") if im.mode in ("L", "LA", "1") else im.convert("RGB")
+            arr = np.asarray(im)
+    except UpfusionError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UpfusionError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
+    if arr.ndim == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+        arr = np.ascontiguousarray(arr[..., 0])  # a colour file with equal channels is grey
+    return arr
+
+
+def luma(arr: np.ndarray) -> np.ndarray:
+    """float32 luma in [0, 1] of a uint8 grey or RGB array (BT.601, computed in float)."""
+    x = arr.astype(np.float32) / np.float32(255.0)
+    if x.ndim == 2:
+        return x
+    return LUMA[0] * x[..., 0] + LUMA[1] * x[..., 1] + LUMA[2] * x[..., 2]
+
+
+@dataclass
+class PairIndex:
+    """The pairs found in a set of folder pairs, and what was left out and why."""
+
+    pairs: list[tuple[str, Path, Path]] = field(default_factory=list)  # (stem, path_a, path_b)
+    unmatched: list[Path] = field(default_factory=list)
+
+
+def index_pairs(sources: Sequence[tuple[str | Path, str | Path]]) -> PairIndex:
+    """Every pair (by stem) of every ``(folder_a, folder_b)``; stems are prefixed by folder when several."""
+    if not sources:
+        raise UpfusionError("no training folders given")
+    index = PairIndex()
+    for folder_a, folder_b in sources:
+        pairing = pair_by_stem(Path(folder_a), Path(folder_b))
+        if not pairing.pairs:
+            raise UpfusionError(f"{folder_a} and {folder_b}: no pair of images shares a file stem")
+        prefix = f"{Path(folder_a).parent.name}/" if len(sources) > 1 else ""
+        index.pairs.extend((prefix + stem, a, b) for stem, (a, b) in pairing.pairs)
+        index.unmatched.extend(pairing.unmatched)
+    return index
+
+
+class FusionPairs(Dataset):
+    """Random crops of registered pairs: ``(a, b)`` tensors ``[1, crop, crop]`` in [0, 1].
+
+    - ``sources``: ``(folder_a, folder_b)`` pairs; files are paired by stem within each.
+    - ``crop``: side of the square crop (``None``: the whole image, for validation).
+    - ``small``: a pair with a side under ``crop`` is ``"pad"``-ded with zeros (bottom and
+      right, as the reference) or ``"skip"``-ped; ``skipped`` counts those.
+    - ``flips``: random horizontal and vertical flips (p 0.5 each, both sources alike).
+    - ``exclude``: stems to leave out (held-out validation pairs).
+    - Images are decoded once and kept in memory as uint8 (about 1.3 bytes per pixel per
+      source); luma is computed per crop.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[tuple[str | Path, str | Path]],
+        crop: int | None = 192,
+        *,
+        small: str = "pad",
+        flips: bool = True,
+        seed: int = 0,
+        exclude: Sequence[str] = (),
+        only: Sequence[str] | None = None,
+    ) -> None:
+        if small not in ("pad", "skip"):
+            raise ValueError(f"small must be 'pad' or 'skip', not {small!r}")
+        if crop is not None and crop < 8:
+            raise ValueError(f"crop must be at least 8 pixels, not {crop}")
+        self.crop = crop
+        self.flips = flips
+        self.seed = seed
+        self.epoch = 0
+        index = index_pairs(sources)
+        self.unmatched = index.unmatched
+        excluded = set(exclude)
+        wanted = set(only) if only is not None else None
+        self.stems: list[str] = []
+        self.images: list[tuple[np.ndarray, np.ndarray]] = []
+        self.skipped: list[str] = []
+        for stem, path_a, path_b in index.pairs:
+            if stem in excluded or (wanted is not None and stem not in wanted):
+                continue
+            a, b = read_image_u8(path_a), read_image_u8(path_b)
+            if a.shape[:2] != b.shape[:2]:
+                raise UpfusionError(
+                    f"{path_b}: size {b.shape[1]}x{b.shape[0]} differs from its pair {path_a.name} "
+                    f"({a.shape[1]}x{a.shape[0]}); training needs registered pairs"
+                )
+            if crop is not None and small == "skip" and min(a.shape[:2]) < crop:
+                self.skipped.append(stem)
+                continue
+            self.stems.append(stem)
+            self.images.append((a, b))
+        if not self.images:
+            raise UpfusionError(f"no usable pair in {', '.join(f'{a} + {b}' for a, b in sources)}")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose random crops and flips ``__getitem__`` draws."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = self.images[i]
+        if self.crop is None:
+            return _tensor(luma(a)), _tensor(luma(b))
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        h, w = a.shape[:2]
+        c = self.crop
+        top = int(rng.integers(0, max(h - c, 0) + 1))
+        left = int(rng.integers(0, max(w - c, 0) + 1))
+        ya = _pad_to(luma(a[top : top + c, left : left + c]), c)
+        yb = _pad_to(luma(b[top : top + c, left : left + c]), c)
+        if self.flips:
+            flip_h, flip_v = rng.random(2) < 0.5
+            if flip_h:
+                ya, yb = ya[:, ::-1], yb[:, ::-1]
+            if flip_v:
+                ya, yb = ya[::-1], yb[::-1]
+        return _tensor(ya), _tensor(yb)
+
+
+def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pads bottom and right up to ``size`` (the reference pads short images with zeros)."""
+    h, w = x.shape
+    if h >= size and w >= size:
+        return x
+    return np.pad(x, ((0, max(size - h, 0)), (0, max(size - w, 0))))
+
+
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)

@@ -1,0 +1,325 @@
+"""The inference pipeline: two registered images of any size and format in, one fused image out.
+
+``upfusion.load()`` gives a ``Fuser``; ``Fuser.fuse(a, b)`` reads both sources (paths, numpy
+arrays or PIL images), fuses their luma with the network (padded to a multiple of 8 and
+cropped back, spec section 7), and puts the colour of the colour-carrying source back in
+YCbCr. A = visible / MRI / phase contrast, B = infrared / CT / PET / SPECT / GFP.
+
+Classic methods (``upfusion.baselines``) run through the same pipeline: ``load(method=NAME)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import imaging
+from .errors import UpfusionError
+from .imaging import FusedImage, SourceImage
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_WEIGHTS = "default"
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COLOR_FROM = ("auto", "a", "b", "none")
+
+ImageLike = str | Path | np.ndarray | Image.Image | SourceImage
+
+
+# --------------------------------------------------------------------------------------------
+# where the weights, the device and the precision come from
+
+
+def bundled_weights() -> list[str]:
+    """Names of the weights shipped inside the package (``upfusion/weights/NAME.json``)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.json")) if WEIGHTS_DIR.is_dir() else []
+
+
+def resolve_weights(name_or_path: str | Path | None) -> Path:
+    """The checkpoint for a bundled weights name, or a checkpoint path (file, stem or folder)."""
+    if name_or_path is None:
+        default = WEIGHTS_DIR / f"{DEFAULT_WEIGHTS}.json"
+        if not default.is_file():
+            raise UpfusionError(
+                f"no default weights are bundled with this installation of upfusion ({default} is missing); "
+                "pass a checkpoint: upfusion.load(PATH) or --weights PATH"
+            )
+        return default
+    text = str(name_or_path)
+    is_bare_name = isinstance(name_or_path, str) and "/" not in text and "\\" not in text and "." not in text
+    if is_bare_name and (WEIGHTS_DIR / f"{text}.json").is_file():
+        return WEIGHTS_DIR / f"{text}.json"
+    path = Path(text)
+    if path.exists() or path.with_name(path.name + ".json").is_file():
+        return path
+    bundled = ", ".join(bundled_weights()) or "none"
+    raise UpfusionError(
+        f"{text}: no such checkpoint file or folder, and no bundled weights of that name (bundled: {bundled})"
+    )
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA if available, else the CPU; under torchrun, the GPU of LOCAL_RANK."""
+    from .distributed import current_rank
+
+    text = "auto" if device is None else str(device)
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(text)
+    except RuntimeError:
+        raise UpfusionError(f"unknown device {text!r} (use auto, cpu, cuda or cuda:N)") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UpfusionError(f"device {text!r}: no CUDA device is available to torch")
+        if resolved.index is None:
+            rank = current_rank()
+            resolved = torch.device("cuda", rank.local_rank % torch.cuda.device_count())
+    return resolved
+
+
+def check_precision(precision: str | None, device: torch.device, warn: bool = True) -> str:
+    """The precision name, after checking that ``device`` can run it."""
+    precision = precision or "fp32"
+    if precision not in PRECISIONS:
+        raise UpfusionError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+    if device.type == "cpu" and precision == "fp16":
+        raise UpfusionError("fp16 runs on CUDA devices only; use fp32 (or bf16) on the CPU")
+    if device.type == "cpu" and precision == "bf16" and warn:
+        warnings.warn(
+            "bf16 on the CPU runs through autocast and is usually slower than fp32", UserWarning, stacklevel=3
+        )
+    return precision
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def as_source(image: ImageLike, label: str) -> SourceImage:
+    """Any accepted input (path, numpy array, PIL image) as a ``SourceImage``."""
+    if isinstance(image, SourceImage):
+        return image
+    if isinstance(image, (str, Path)):
+        return imaging.read_image(image)
+    if isinstance(image, Image.Image):
+        return imaging.from_pil(image, getattr(image, "filename", "") or label)
+    if isinstance(image, np.ndarray):
+        return imaging.from_array(image, label)
+    raise UpfusionError(f"{label}: expected a path, a numpy array or a PIL image, not {type(image).__name__}")
+
+
+def align(a: SourceImage, b: SourceImage, resize_b_to_a: bool = False) -> tuple[SourceImage, SourceImage]:
+    """The pair, checked to have one size (or B resized to A's when asked)."""
+    if (a.height, a.width) != (b.height, b.width):
+        if not resize_b_to_a:
+            raise UpfusionError(
+                f"{b.name}: size {b.width}x{b.height} differs from {a.name} ({a.width}x{a.height}); "
+                "the sources must be registered (same size), or pass --resize-b-to-a"
+            )
+        b = imaging.resize_like(b, a.height, a.width)
+    return a, b
+
+
+def _like_input(fused: FusedImage, template: ImageLike) -> Any:
+    """The result in the type of the first source: PIL in, PIL out; float array in, float32 out; else uint."""
+    if isinstance(template, Image.Image):
+        return imaging.to_pil(fused)
+    if isinstance(template, np.ndarray) and np.issubdtype(template.dtype, np.floating):
+        return fused.pixels.astype(np.float32)
+    return fused.to_uint()
+
+
+class Fuser:
+    """Fuses image pairs with an UP-Fusion network (see ``upfusion.load``).
+
+    ``fuse(a, b)`` returns an image of the sources' size: colour when a source has colour
+    (``color_from`` picks which), grey otherwise; the type follows ``a`` (PIL image for PIL,
+    float32 in [0, 1] for float arrays, else uint8, or uint16 when a source is 16-bit).
+    """
+
+    method = "upfusion"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        text: torch.Tensor,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        name: str = "",
+    ) -> None:
+        self.device = torch.device(device)
+        self.precision = check_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.text = text.to(self.device)
+        self.name = name
+
+    def __repr__(self) -> str:
+        where = f"device={str(self.device)!r}, precision={self.precision!r}"
+        return f"{type(self).__name__}({self.name or self.method!r}, {where})"
+
+    # public API ---------------------------------------------------------------------------
+
+    def fuse(self, a: ImageLike, b: ImageLike, *, color_from: str = "auto", resize_b_to_a: bool = False) -> Any:
+        """The fused image of ``a`` and ``b`` (paths, numpy arrays or PIL images of one size)."""
+        fused = self.fuse_sources(
+            [(as_source(a, "a"), as_source(b, "b"))], color_from=color_from, resize_b_to_a=resize_b_to_a
+        )
+        return _like_input(fused[0], a)
+
+    def fuse_batch(
+        self,
+        pairs: Iterable[tuple[ImageLike, ImageLike]],
+        *,
+        color_from: str = "auto",
+        resize_b_to_a: bool = False,
+        batch_size: int = 4,
+    ) -> list[Any]:
+        """``fuse`` for many pairs; pairs of one size share network calls of up to ``batch_size`` pairs."""
+        pairs = list(pairs)
+        sources = [(as_source(a, f"a[{i}]"), as_source(b, f"b[{i}]")) for i, (a, b) in enumerate(pairs)]
+        results: list[Any] = []
+        for start in range(0, len(sources), max(1, batch_size)):
+            chunk = sources[start : start + max(1, batch_size)]
+            fused = self.fuse_sources(chunk, color_from=color_from, resize_b_to_a=resize_b_to_a)
+            results.extend(
+                _like_input(f, pair[0]) for f, pair in zip(fused, pairs[start : start + len(chunk)], strict=True)
+            )
+        return results
+
+    def fuse_sources(
+        self,
+        pairs: Sequence[tuple[SourceImage, SourceImage]],
+        *,
+        color_from: str = "auto",
+        resize_b_to_a: bool = False,
+    ) -> list[FusedImage]:
+        """The pipeline on decoded sources: size check, luma fusion (pairs of one size batched), colour."""
+        if color_from not in COLOR_FROM:
+            raise UpfusionError(f"color_from must be one of {', '.join(COLOR_FROM)}, not {color_from!r}")
+        aligned = [align(a, b, resize_b_to_a) for a, b in pairs]
+        results: list[FusedImage | None] = [None] * len(aligned)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, (a, _) in enumerate(aligned):
+            by_size.setdefault((a.height, a.width), []).append(i)
+        for indices in by_size.values():
+            a_luma = np.stack([aligned[i][0].luma() for i in indices])
+            b_luma = np.stack([aligned[i][1].luma() for i in indices])
+            fused_luma = self._fuse_luma(a_luma, b_luma)
+            for j, i in enumerate(indices):
+                a, b = aligned[i]
+                depth = max(a.bit_depth, b.bit_depth)
+                results[i] = imaging.compose(fused_luma[j], imaging.pick_color_source(a, b, color_from), depth)
+        return [r for r in results if r is not None]
+
+    # the network call (tiled inference extends this) ---------------------------------------
+
+    def _fuse_luma(self, a_luma: np.ndarray, b_luma: np.ndarray) -> np.ndarray:
+        """Fused luma ``[N, H, W]`` (float32, unclamped) of two ``[N, H, W]`` float32 sources, any H and W.
+
+        Pads both sources alike at the bottom and right to a multiple of 8 (spec section 7),
+        runs the network once for the batch, and crops back to ``H x W``.
+        """
+        height, width = a_luma.shape[-2:]
+        a = torch.from_numpy(imaging.pad_to_multiple(a_luma)).unsqueeze(1).to(self.device)
+        b = torch.from_numpy(imaging.pad_to_multiple(b_luma)).unsqueeze(1).to(self.device)
+        fused = self._run_network(a, b)
+        return fused[:, 0, :height, :width].float().cpu().numpy()
+
+    def _run_network(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The network on padded ``[N, 1, H8, W8]`` tensors, in this fuser's precision."""
+        dtype = PRECISIONS[self.precision]
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if dtype is not None:
+                stack.enter_context(torch.autocast(self.device.type, dtype=dtype))
+            elif self.device.type == "cuda":
+                stack.enter_context(_tf32_off())
+            return self.model(a, b, self.text).float()
+
+
+@contextlib.contextmanager
+def _tf32_off():
+    """float32 as the reference computes it: TF32 would move the hard channel selections (spec section 6)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+class BaselineFuser(Fuser):
+    """A classic method from ``upfusion.baselines`` run through the same colour, format and size pipeline.
+
+    The method takes the two float64 luma arrays [H, W] in [0, 1] and returns the fused luma; it
+    needs no padding, weights or device.
+    """
+
+    def __init__(self, method: str, function: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+        self.method = method
+        self.function = function
+        self.device = torch.device("cpu")
+        self.precision = "fp64"
+        self.name = method
+
+    def _fuse_luma(self, a_luma: np.ndarray, b_luma: np.ndarray) -> np.ndarray:
+        fused = []
+        for a, b in zip(a_luma, b_luma, strict=True):
+            try:
+                result = np.asarray(self.function(a.astype(np.float64), b.astype(np.float64)))
+            except ValueError as exc:
+                raise UpfusionError(f"method {self.method!r}: {exc}") from None
+            if result.shape != a.shape:
+                raise UpfusionError(f"method {self.method!r} returned shape {result.shape} for inputs {a.shape}")
+            fused.append(result)
+        return np.stack(fused).astype(np.float32)
+
+
+def load_baseline(method: str) -> BaselineFuser:
+    """A ``Fuser`` for the classic method ``method`` of ``upfusion.baselines.BASELINES``."""
+    try:
+        from .baselines import BASELINES
+    except ModuleNotFoundError as exc:
+        if exc.name != "upfusion.baselines":
+            raise
+        raise UpfusionError(
+            f"method {method!r}: the classic baselines are not part of this build of upfusion"
+        ) from None
+    if method not in BASELINES:
+        raise UpfusionError(f"unknown method {method!r}; known: upfusion, {', '.join(sorted(BASELINES))}")
+    return BaselineFuser(method, BASELINES[method])
+
+
+def load(
+    name_or_path: str | Path | None = None,
+    device: str | torch.device | None = None,
+    precision: str | None = None,
+    *,
+    method: str = "upfusion",
+) -> Fuser:
+    """A ready ``Fuser``.
+
+    ``name_or_path``: None for the package's default weights, a bundled weights name, or a
+    checkpoint (``NAME.json``, ``NAME.safetensors``, their common stem, or a folder holding one).
+    ``device``: ``"auto"``/None (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (autocast; fp16 on CUDA only,
+    bf16 on the CPU works but is slower than fp32). ``method``: ``"upfusion"`` (the network) or
+    the name of a classic method in ``upfusion.baselines`` (then weights, device and precision
+    are not used).
+    """
+    if method != "upfusion":
+        return load_baseline(method)
+    from .pretrained.checkpoint import load_network
+
+    checkpoint = resolve_weights(name_or_path)
+    torch_device = resolve_device(device)
+    precision = check_precision(precision, torch_device, warn=False)  # fail before loading weights
+    model, text = load_network(checkpoint, device=torch_device)
+    return Fuser(model, text, torch_device, precision, name=str(name_or_path or DEFAULT_WEIGHTS))

@@ -1,0 +1,94 @@
+"""Training losses of UP-Fusion, selectable by name (spec section 8).
+
+- ``paper``: the paper's eqs. 4-5, ``mean|grad F - max(grad A, grad B)| + mean|F - A| + mean|F - B|``.
+- ``reference``: the authors' current code, ``10 mean|F - max(A, B)| + 10 mean|grad F - max(grad A, grad B)|
+  + 10 (1 - (wA SSIM(A, F) + wB SSIM(B, F)))`` with gradient-derived weights ``wA``, ``wB``.
+
+``grad = |Sobel_x| + |Sobel_y|`` (cross-correlation, zero padding 1). Every loss takes the
+sources and the unclamped output as ``[N, 1, H, W]`` float tensors in [0, 1] and returns
+``(total, parts)``: the scalar to minimise and its named terms (detached) for logging. One
+deviation from the reference: its visible source is the plain mean of R, G, B; here it is the
+luma the network sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+LossResult = tuple[torch.Tensor, dict[str, float]]
+
+_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+_SOBEL_Y = ((1.0, 2.0, 1.0), (0.0, 0.0, 0.0), (-1.0, -2.0, -1.0))
+
+
+def sobel_gradient(x: torch.Tensor) -> torch.Tensor:
+    """``|Sobel_x * x| + |Sobel_y * x|`` of ``[N, 1, H, W]``, zero padding 1, same size."""
+    kernel = torch.tensor((_SOBEL_X, _SOBEL_Y), dtype=x.dtype, device=x.device).unsqueeze(1)
+    g = F.conv2d(x, kernel, padding=1)
+    return g.abs().sum(dim=1, keepdim=True)
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised 2-D Gaussian ``[1, 1, size, size]``."""
+    r = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return torch.outer(g, g).to(dtype)[None, None]
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, c1: float = 0.01**2, c2: float = 0.03**2) -> torch.Tensor:
+    """Mean SSIM of ``[N, 1, H, W]`` images in [0, 1]: 11x11 Gaussian window (sigma 1.5),
+    zero padding 5, averaged over every pixel and the batch (as the reference's training code)."""
+    w = gaussian_window(dtype=x.dtype, device=x.device)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, w, padding=5)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return (num / den).mean()
+
+
+def paper_loss(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> LossResult:
+    """Spec eqs. 4-5: gradient L1 to ``max(grad A, grad B)`` plus L1 to each source (per-pixel means)."""
+    grad = (sobel_gradient(f) - torch.maximum(sobel_gradient(a), sobel_gradient(b))).abs().mean()
+    l1_a = (f - a).abs().mean()
+    l1_b = (f - b).abs().mean()
+    total = grad + l1_a + l1_b
+    return total, {"grad": grad.item(), "l1_a": l1_a.item(), "l1_b": l1_b.item()}
+
+
+def reference_loss(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> LossResult:
+    """The reference implementation's loss (spec section 8): intensity, gradient and
+    gradient-weighted SSIM terms, each times 10."""
+    grad_a, grad_b = sobel_gradient(a), sobel_gradient(b)
+    intensity = (f - torch.maximum(a, b)).abs().mean()
+    grad = (sobel_gradient(f) - torch.maximum(grad_a, grad_b)).abs().mean()
+    # weights from the whole batch's mean gradients (no gradient flows through them)
+    mean_a, mean_b = grad_a.mean(), grad_b.mean()
+    denom = (mean_a + mean_b).clamp_min(torch.finfo(a.dtype).tiny)
+    w_a, w_b = mean_a / denom, mean_b / denom
+    structure = 1 - (w_a * ssim(a, f) + w_b * ssim(b, f))
+    total = 10 * intensity + 10 * grad + 10 * structure
+    return total, {"intensity": intensity.item(), "grad": grad.item(), "ssim": structure.item()}
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], LossResult]] = {
+    "paper": paper_loss,
+    "reference": reference_loss,
+}
+
+
+def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], LossResult]:
+    """The loss function called ``name`` (see ``LOSSES``); ValueError names the known ones."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}") from None

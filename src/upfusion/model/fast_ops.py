@@ -1,0 +1,223 @@
+"""Inference kernels: the same arithmetic as the modules' own ``forward``, in less time and memory.
+
+The modules in this package compute exactly the formulas of the specification (the "plain"
+path, which training and ONNX export use). Without autograd, ``TransformerBlock`` and
+``TCPM`` hand their work to the functions below instead. They compute the same function,
+re-associated, and agree with the plain path to float32 rounding (~1e-6):
+
+- activations in channels-last layout (the CPU convolutions are ~3x faster in it), so the
+  per-pixel LayerNorm is ``F.layer_norm`` on a free ``[N, H, W, C]`` view;
+- the network is walked in row bands: LayerNorm, 1x1 conv and depth-wise 3x3 conv (with one
+  halo row each side) of one band at a time, so the 3c-wide q|k|v map and the 2*2.66c-wide
+  GDFN map never exist at full size;
+- the channel attention is kept as one d x d Gram matrix per head, accumulated over the
+  bands; L2 normalisation divides the Gram matrix by the norms instead of normalising q and k;
+- ``project_out(attn @ v)`` is one matrix product with ``project_out.weight @ blockdiag(attn)``,
+  and the residual is added by that same product (``baddbmm``).
+
+The SCPM and TCPM channel selections are not touched here: their inputs are computed by
+the same code in both paths (spec section 6 explains why that matters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_enabled = True
+
+# The rows of one band: enough for efficient matrix products, few enough that the widest
+# band tensor (2 * 2.66c channels) stays near BAND_ELEMENTS values.
+BAND_ELEMENTS = 1 << 23
+MIN_BAND_ROWS = 16
+
+
+def fast_path_active() -> bool:
+    """True when the modules should use these kernels: enabled, no autograd, not tracing for export."""
+    if not _enabled or torch.is_grad_enabled():
+        return False
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+
+
+def set_fast_inference(enabled: bool) -> None:
+    """Turns the fast inference kernels on (the default) or off for the whole process."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+@contextlib.contextmanager
+def plain_arithmetic() -> Iterator[None]:
+    """Within this block the modules compute the specification's formulas literally (the reference path)."""
+    global _enabled
+    saved, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = saved
+
+
+# --------------------------------------------------------------------------------------------
+# layout and bands
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    """The ``[N, H, W, C]`` view of a channels-last ``[N, C, H, W]`` tensor (no copy)."""
+    return x.permute(0, 2, 3, 1)
+
+
+def layer_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``LayerNorm2d`` over the channels of a channels-last map; the result is channels-last."""
+    body = norm.body
+    y = F.layer_norm(nhwc(x), (x.shape[1],), body.weight, body.bias, 1e-5)
+    return y.permute(0, 3, 1, 2)
+
+
+def band_rows(width: int, channels: int, batch: int) -> int:
+    return max(MIN_BAND_ROWS, BAND_ELEMENTS // max(1, batch * width * channels))
+
+
+def conv_bands(
+    x: torch.Tensor, norm: nn.Module, pointwise: nn.Conv2d, depthwise: nn.Conv2d, rows: int
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``depthwise(pointwise(norm(x)))`` band by band: yields ``(r0, r1, rows r0:r1 as [N, rows*W, C'])``.
+
+    Each band is computed with one halo row above and below, so the depth-wise 3x3 conv sees
+    the same neighbours as on the whole map; the halo rows' own (zero-padded) outputs are dropped.
+    """
+    n, _, height, width = x.shape
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
+        band = depthwise(pointwise(layer_norm(norm, x[:, :, lo:hi])))
+        band = channels_last(band[:, :, r0 - lo : r1 - lo])  # a no-op unless the conv chose NCHW
+        yield r0, r1, nhwc(band).reshape(n, (r1 - r0) * width, band.shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# channel attention (MDTA and TCPM's top-k cross-attention)
+
+
+class _GramAccumulator:
+    """Per head ``q_h^T k_h`` and the squared L2 norms of q and k over all pixels, band by band."""
+
+    def __init__(self, n: int, c: int, heads: int, like: torch.Tensor) -> None:
+        self.heads, self.d = heads, c // heads
+        self.gram = torch.zeros(n, heads, self.d, self.d, dtype=torch.float32, device=like.device)
+        self.q_sq = torch.zeros(n, c, dtype=torch.float32, device=like.device)
+        self.k_sq = torch.zeros(n, c, dtype=torch.float32, device=like.device)
+
+    def add(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        """q, k: [N, P, c] (P pixels of one band)."""
+        d = self.d
+        for h in range(self.heads):
+            qh, kh = q[:, :, h * d : (h + 1) * d], k[:, :, h * d : (h + 1) * d]
+            self.gram[:, h] += torch.bmm(qh.transpose(1, 2), kh).float()
+        self.q_sq += q.float().square().sum(dim=1)
+        self.k_sq += k.float().square().sum(dim=1)
+
+    def logits(self, temperature: torch.Tensor) -> torch.Tensor:
+        """``normalize(q) @ normalize(k)^T * temperature``, [N, heads, d, d] (F.normalize: eps 1e-12)."""
+        n, d = self.gram.shape[0], self.d
+        q_norm = self.q_sq.sqrt().clamp_min(1e-12).view(n, self.heads, d, 1)
+        k_norm = self.k_sq.sqrt().clamp_min(1e-12).view(n, self.heads, 1, d)
+        return self.gram / q_norm / k_norm * temperature.float()
+
+
+def _output_matrix(project_out: nn.Conv2d, attn: torch.Tensor) -> torch.Tensor:
+    """``project_out.weight @ blockdiag(attn_1 .. attn_heads)`` per sample: [N, c_out, c]."""
+    n, heads, d, _ = attn.shape
+    weight = project_out.weight.reshape(project_out.out_channels, heads, d).float()
+    return torch.einsum("ohi,nhij->nohj", weight, attn).reshape(n, project_out.out_channels, heads * d)
+
+
+def _apply_attention(
+    values: torch.Tensor, matrix: torch.Tensor, residual: torch.Tensor | None, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """``residual + project_out(attn @ v)`` as ``values @ matrix^T``, returned channels-last [N, c, H, W]."""
+    n, c, height, width = shape
+    matrix_t = matrix.transpose(1, 2).to(values.dtype)
+    if residual is None:
+        out = torch.bmm(values, matrix_t)
+    else:
+        out = torch.baddbmm(nhwc(residual).reshape(n, height * width, c).to(values.dtype), values, matrix_t)
+    return out.view(n, height, width, c).permute(0, 3, 1, 2)
+
+
+def mdta_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x + MDTA(LN(x))`` of a ``TransformerBlock``."""
+    attn = block.attn
+    n, c, height, width = x.shape
+    acc = _GramAccumulator(n, c, attn.heads, x)
+    values = None
+    rows = band_rows(width, 3 * c, n)
+    for r0, r1, qkv in conv_bands(x, block.norm1, attn.qkv, attn.qkv_dwconv, rows):
+        q, k, v = qkv.split(c, dim=2)
+        acc.add(q, k)
+        if values is None:
+            values = torch.empty(n, height * width, c, dtype=v.dtype, device=v.device)
+        values[:, r0 * width : r1 * width] = v
+    weights = acc.logits(attn.temperature).softmax(dim=-1)
+    return _apply_attention(values, _output_matrix(attn.project_out, weights), x, x.shape)
+
+
+def topk_cross_attention(tcpm: nn.Module, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
+    """``select_attn(norm1(query), norm2(key_value))`` of a ``TCPM`` (no residual, as in the spec)."""
+    attn = tcpm.select_attn
+    n, c, height, width = query.shape
+    acc = _GramAccumulator(n, c, attn.heads, query)
+    values = None
+    rows = band_rows(width, 3 * c, n)
+    q_bands = conv_bands(query, tcpm.norm1, attn.q, attn.q_dwconv, rows)
+    kv_bands = conv_bands(key_value, tcpm.norm2, attn.kv, attn.kv_dwconv, rows)
+    for (r0, r1, q), (_, _, kv) in zip(q_bands, kv_bands, strict=True):
+        k, v = kv.split(c, dim=2)
+        acc.add(q, k)
+        if values is None:
+            values = torch.empty(n, height * width, c, dtype=v.dtype, device=v.device)
+        values[:, r0 * width : r1 * width] = v
+    logits = acc.logits(attn.temperature)
+    keep = torch.zeros_like(logits).scatter_(-1, torch.topk(logits, attn.n_keep, dim=-1).indices, 1.0)
+    logits = torch.where(keep > 0, logits, torch.full_like(logits, float("-inf")))
+    weights = logits.softmax(dim=-1) * attn.attn4.float()
+    return _apply_attention(values, _output_matrix(attn.project_out, weights), None, query.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# feed-forward
+
+
+def gdfn_residual(norm: nn.Module, ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x + GDFN(norm(x))``, band by band into a new channels-last tensor."""
+    n, c, height, width = x.shape
+    out = None
+    rows = band_rows(width, ffn.project_in.out_channels, n)
+    for r0, r1, hidden in conv_bands(x, norm, ffn.project_in, ffn.dwconv, rows):
+        x1, x2 = hidden.chunk(2, dim=2)
+        gated = F.gelu(x1).mul_(x2)
+        y = F.linear(gated, ffn.project_out.weight.flatten(1))  # the 1x1 conv, per pixel
+        rows = nhwc(x[:, :, r0:r1]).reshape(n, (r1 - r0) * width, c)
+        if out is None:
+            out = torch.empty(n, height * width, c, dtype=torch.result_type(rows, y), device=x.device)
+        torch.add(rows, y, out=out[:, r0 * width : r1 * width])
+    return out.view(n, height, width, c).permute(0, 3, 1, 2)
+
+
+def transformer_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``TransformerBlock`` without autograd: x + MDTA(LN(x)), then + GDFN(LN(.))."""
+    x = channels_last(x)
+    x = mdta_residual(block, x)
+    return gdfn_residual(block.norm2, block.ffn, x)
+
+
+def tcpm_attention_ffn(tcpm: nn.Module, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
+    """The tail of ``TCPM``: ``att = CA(LN1(q), LN2(kv))``, then ``att + GDFN(LN3(att))``."""
+    att = topk_cross_attention(tcpm, channels_last(query), channels_last(key_value))
+    return gdfn_residual(tcpm.norm3, tcpm.ffn, att)

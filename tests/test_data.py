@@ -1,0 +1,131 @@
+"""The training dataset: pairing, crops, flips, padding/skipping, luma, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import shared_path
+from upfusion.data import FusionPairs, index_pairs, luma, read_image_u8
+from upfusion.errors import UpfusionError
+
+
+def _write(folder: Path, name: str, arr: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    """Three pairs whose B is the negative of A (so alignment is checkable), one unmatched file."""
+    rng = np.random.default_rng(0)
+    sizes = {"p1": (40, 50), "p2": (64, 48), "small": (20, 30)}
+    for stem, (h, w) in sizes.items():
+        a = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        _write(tmp_path / "vi", f"{stem}.png", a)
+        _write(tmp_path / "ir", f"{stem}.png", 255 - a)
+    _write(tmp_path / "ir", "lonely.png", np.zeros((8, 8), np.uint8))
+    return tmp_path / "vi", tmp_path / "ir"
+
+
+def test_pairs_by_stem_and_counts_unmatched(pairs):
+    index = index_pairs([pairs])
+    assert [stem for stem, _, _ in index.pairs] == ["p1", "p2", "small"]
+    assert [p.name for p in index.unmatched] == ["lonely.png"]
+
+
+def test_crops_keep_sources_aligned_and_pad_small_images(pairs):
+    ds = FusionPairs([pairs], crop=32, seed=1)
+    assert len(ds) == 3 and ds.skipped == []
+    for i in range(len(ds)):
+        a, b = ds[i]
+        assert a.shape == b.shape == (1, 32, 32) and a.dtype == torch.float32
+        # B = 255 - A pixel by pixel (or both padding): the same crop and flips were applied to both
+        total = a + b
+        padding = (a == 0) & (b == 0)
+        torch.testing.assert_close(total[~padding], torch.ones_like(total[~padding]), atol=1e-6, rtol=0)
+        assert padding.sum() == (0 if ds.stems[i] != "small" else 32 * 32 - 20 * 30)
+    unflipped = FusionPairs([pairs], crop=32, flips=False)
+    a, b = unflipped[unflipped.stems.index("small")]  # 20x30 padded with zeros at the bottom and right
+    assert a[0, 20:].abs().sum() == 0 and a[0, :, 30:].abs().sum() == 0 and b[0, 20:].abs().sum() == 0
+
+
+def test_skip_small_pairs_counts_them(pairs):
+    ds = FusionPairs([pairs], crop=32, small="skip")
+    assert ds.stems == ["p1", "p2"] and ds.skipped == ["small"]
+
+
+def test_randomness_depends_on_seed_epoch_and_index_only(pairs):
+    ds = FusionPairs([pairs], crop=16, seed=5)
+    first = [ds[i][0] for i in range(3)]
+    again = FusionPairs([pairs], crop=16, seed=5)
+    assert all(torch.equal(x, again[i][0]) for i, x in enumerate(first))
+    ds.set_epoch(1)
+    assert not all(torch.equal(x, ds[i][0]) for i, x in enumerate(first))
+
+
+def test_flips_happen_and_can_be_turned_off(pairs):
+    vi, ir = pairs
+    ds = FusionPairs([(vi, ir)], crop=None, flips=True)  # whole images: flips do not apply
+    full = ds[0][0][0]
+    seen = set()
+    flip_ds = FusionPairs([(vi, ir)], crop=40, flips=True, only=["p1"])  # 40x50: only 11 crop offsets
+    plain = FusionPairs([(vi, ir)], crop=40, flips=False, only=["p1"])
+    for epoch in range(12):
+        flip_ds.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        crop, reference = flip_ds[0][0][0], plain[0][0][0]
+        left = int(np.argmax([torch.equal(reference, full[:, j : j + 40]) for j in range(11)]))
+        assert torch.equal(reference, full[:, left : left + 40])  # the unflipped crop is a window
+        seen.add(
+            next(
+                k
+                for k, f in {"none": crop, "h": crop.flip(1), "v": crop.flip(0), "hv": crop.flip(0, 1)}.items()
+                if torch.equal(f, reference)
+            )
+        )
+    assert seen == {"none", "h", "v", "hv"}
+
+
+def test_colour_becomes_bt601_luma(tmp_path):
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    grey_as_rgb = np.repeat(np.full((16, 16, 1), 77, np.uint8), 3, axis=2)
+    _write(tmp_path / "vi", "x.png", rgb)
+    _write(tmp_path / "ir", "x.png", grey_as_rgb)
+    assert read_image_u8(tmp_path / "ir" / "x.png").ndim == 2  # equal channels are grey
+    a, b = FusionPairs([(tmp_path / "vi", tmp_path / "ir")], crop=16)[0]
+    assert a[0, 0, 0].item() == pytest.approx((0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255, abs=1e-6)
+    assert b[0, 0, 0].item() == pytest.approx(77 / 255, abs=1e-7)
+    assert luma(rgb).dtype == np.float32
+
+
+def test_size_mismatch_names_the_file(tmp_path):
+    _write(tmp_path / "vi", "x.png", np.zeros((16, 16), np.uint8))
+    _write(tmp_path / "ir", "x.png", np.zeros((16, 24), np.uint8))
+    with pytest.raises(UpfusionError, match=r"ir/x.png: size 24x16 differs from its pair x.png \(16x16\)"):
+        FusionPairs([(tmp_path / "vi", tmp_path / "ir")], crop=8)
+
+
+def test_unreadable_file_and_missing_folder_are_named(tmp_path):
+    _write(tmp_path / "vi", "x.png", np.zeros((16, 16), np.uint8))
+    (tmp_path / "ir").mkdir()
+    (tmp_path / "ir" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(UpfusionError, match=r"ir/x.png: cannot read image"):
+        FusionPairs([(tmp_path / "vi", tmp_path / "ir")], crop=8)
+    with pytest.raises(UpfusionError, match="nope: no such file or directory"):
+        FusionPairs([(tmp_path / "vi", tmp_path / "nope")], crop=8)
+
+
+def test_real_training_folder_with_mixed_grey_and_colour():
+    vifb = shared_path("data", "vifb", "train")
+    ds = FusionPairs([(vifb / "vi", vifb / "ir")], crop=64, seed=0)
+    assert len(ds) == 21
+    a, b = ds[0]
+    assert a.shape == (1, 64, 64) and 0 <= a.min() and a.max() <= 1 and a.std() > 0.01 and b.std() > 0.01

@@ -1,0 +1,112 @@
+"""The training losses against independent numpy/scipy computations of spec section 8."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from upfusion.losses import LOSSES, get_loss, paper_loss, reference_loss, sobel_gradient, ssim
+
+SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
+SOBEL_Y = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], dtype=np.float64)
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(x, dtype=np.float32))[None, None]
+
+
+def _np_grad(x: np.ndarray) -> np.ndarray:
+    # cross-correlation with zero padding, as the reference's conv2d
+    gx = ndimage.correlate(x, SOBEL_X, mode="constant", cval=0.0)
+    gy = ndimage.correlate(x, SOBEL_Y, mode="constant", cval=0.0)
+    return np.abs(gx) + np.abs(gy)
+
+
+def _np_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    r = np.arange(11) - 5
+    g = np.exp(-(r**2) / (2 * 1.5**2))
+    g /= g.sum()
+    w = np.outer(g, g)
+
+    def blur(t):
+        return ndimage.correlate(t, w, mode="constant", cval=0.0)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(3)
+    a = ndimage.gaussian_filter(rng.random((40, 48)), 1.5)
+    b = ndimage.gaussian_filter(rng.random((40, 48)), 3.0)
+    f = 0.5 * a + 0.5 * b + 0.05 * rng.standard_normal((40, 48))
+    return a, b, f
+
+
+def test_sobel_gradient_of_a_ramp():
+    x = np.tile(np.arange(16, dtype=np.float64) * 0.01, (12, 1))
+    g = sobel_gradient(_t(x))[0, 0].numpy()
+    # interior: |Sobel_x| = (1 + 2 + 1) * 2 * slope, Sobel_y = 0
+    np.testing.assert_allclose(g[1:-1, 1:-1], 0.08, atol=1e-6)
+    np.testing.assert_allclose(g, _np_grad(x), atol=1e-6)  # borders: zero padding
+
+
+def test_ssim_matches_scipy_and_is_one_for_equal_images(images):
+    a, b, f = images
+    assert ssim(_t(a), _t(f)).item() == pytest.approx(_np_ssim(a, f), abs=1e-5)
+    assert ssim(_t(b), _t(f)).item() == pytest.approx(_np_ssim(b, f), abs=1e-5)
+    assert ssim(_t(a), _t(a)).item() == pytest.approx(1.0, abs=1e-6)
+    assert ssim(_t(a), _t(b)).item() < 0.9
+
+
+def test_paper_loss_value(images):
+    a, b, f = images
+    total, parts = paper_loss(_t(a), _t(b), _t(f))
+    grad = np.abs(_np_grad(f) - np.maximum(_np_grad(a), _np_grad(b))).mean()
+    expected = grad + np.abs(f - a).mean() + np.abs(f - b).mean()
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    assert parts["grad"] == pytest.approx(grad, rel=1e-5)
+
+
+def test_reference_loss_value(images):
+    a, b, f = images
+    total, parts = reference_loss(_t(a), _t(b), _t(f))
+    ga, gb = _np_grad(a), _np_grad(b)
+    wa, wb = ga.mean() / (ga.mean() + gb.mean()), gb.mean() / (ga.mean() + gb.mean())
+    intensity = np.abs(f - np.maximum(a, b)).mean()
+    grad = np.abs(_np_grad(f) - np.maximum(ga, gb)).mean()
+    structure = 1 - (wa * _np_ssim(a, f) + wb * _np_ssim(b, f))
+    assert total.item() == pytest.approx(10 * intensity + 10 * grad + 10 * structure, rel=1e-5)
+    assert parts == pytest.approx({"intensity": intensity, "grad": grad, "ssim": structure}, rel=1e-4)
+
+
+def test_reference_loss_weights_follow_the_sharper_source(images):
+    a, _, _ = images
+    flat = np.zeros_like(a)  # no gradient even at the zero-padded border: all SSIM weight goes to A
+    _, parts = reference_loss(_t(a), _t(flat), _t(a))
+    assert parts["ssim"] == pytest.approx(0.0, abs=1e-6)
+    _, parts = reference_loss(_t(a), _t(flat), _t(flat))
+    assert parts["ssim"] == pytest.approx(1 - _np_ssim(a, flat), abs=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_losses_are_differentiable_and_smallest_near_a_good_fusion(name, images):
+    a, b, _ = images
+    loss = get_loss(name)
+    good = np.maximum(a, b) if name == "reference" else 0.5 * (a + b)
+    f = _t(np.zeros_like(a)).requires_grad_(True)
+    total, _ = loss(_t(a), _t(b), f)
+    total.backward()
+    assert f.grad is not None and torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0
+    assert loss(_t(a), _t(b), _t(good))[0].item() < total.item()
+
+
+def test_unknown_loss_is_named():
+    with pytest.raises(ValueError, match="unknown loss 'l2'; known: paper, reference"):
+        get_loss("l2")

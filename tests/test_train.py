@@ -1,0 +1,265 @@
+"""``upfusion train``: the loss goes down, resume is exact, DDP (gloo) runs, options and errors."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from upfusion import losses
+from upfusion.cli import main
+from upfusion.commands.train import HELP, build_config, register
+from upfusion.errors import UpfusionError
+from upfusion.pretrained.checkpoint import load_network
+from upfusion.train import TrainConfig, cosine_lr_factor, load_config_file, model_config, train
+
+SMALL_MODEL = {
+    "dim": 8,
+    "num_blocks": [1, 1, 1, 1],
+    "heads": [1, 1, 2, 4],
+    "num_refinement_blocks": 1,
+    "semantic_backbone": None,
+    "text_dim": 16,
+}
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Six 48x48 pairs: smooth random scenes, B a blurred, shifted-intensity view of A."""
+    root = tmp_path_factory.mktemp("pairs")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        a = ndimage.gaussian_filter(rng.random((48, 48)), 2) * 255
+        b = 255 - ndimage.gaussian_filter(a, 3)
+        for name, img in (("vi", a), ("ir", b)):
+            (root / name).mkdir(exist_ok=True)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i:02d}.png")
+    np.save(root / "text.npy", rng.standard_normal(16).astype(np.float32))
+    return root
+
+
+def _config(folders: Path, out: Path, **changes) -> TrainConfig:
+    values = dict(
+        data=[[str(folders / "vi"), str(folders / "ir")]],
+        out=str(out),
+        model=dict(SMALL_MODEL),
+        backbone_weights=None,
+        text_embedding=str(folders / "text.npy"),
+        crop=32,
+        batch_size=2,
+        steps=6,
+        lr=1e-3,
+        lr_min=1e-4,
+        checkpoint_every=3,
+        log_every=1,
+        threads=1,
+        seed=0,
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def _log(out: Path) -> list[dict]:
+    with open(out / "log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _whole_loss(model, folders: Path, text: torch.Tensor) -> float:
+    from upfusion.data import FusionPairs
+
+    ds = FusionPairs([(folders / "vi", folders / "ir")], crop=None)
+    a = torch.stack([ds[i][0] for i in range(len(ds))])
+    b = torch.stack([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        return losses.reference_loss(a, b, model(a, b, text))[0].item()
+
+
+def test_a_few_steps_reduce_the_loss(folders, tmp_path):
+    from upfusion.presets import build_model
+
+    pair = [str(folders / "vi"), str(folders / "ir")]
+    config = _config(
+        folders, tmp_path / "run", steps=12, checkpoint_every=100, val_data=[pair], val_every=12, val_max_pairs=1
+    )
+    final = train(config, progress=False)
+    torch.manual_seed(0)
+    initial = build_model(model_config(config.model))  # what train() starts from (seed 0)
+    trained, text = load_network(final)
+    before, after = _whole_loss(initial, folders, text), _whole_loss(trained, folders, text)
+    assert after < 0.8 * before, (before, after)
+    rows = _log(tmp_path / "run")
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert float(rows[0]["lr"]) == pytest.approx(1e-3) and float(rows[-1]["lr"]) < 2e-4  # cosine decay
+    with open(tmp_path / "run" / "val.csv", newline="") as fh:
+        val = list(csv.DictReader(fh))
+    assert [r["step"] for r in val] == ["12"] and set(val[0]) == {"step", "Q_NCIE", "Q_P", "VIF", "SSIM", "Qabf"}
+    # the validation values are the metrics of the final weights' fusion of the first pair
+    from upfusion.metrics import compute
+
+    a, b = (np.asarray(Image.open(folders / name / "00.png")) for name in ("vi", "ir"))
+    with torch.no_grad():
+        f = trained(
+            torch.from_numpy(a / 255.0).float()[None, None], torch.from_numpy(b / 255.0).float()[None, None], text
+        )
+    f = torch.round(255 * f[0, 0].clamp(0, 1)).to(torch.uint8).numpy()
+    expected = compute(a, b, f, "paper")
+    assert {k: float(v) for k, v in val[0].items() if k != "step"} == pytest.approx(expected, abs=2e-6)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(folders, tmp_path, monkeypatch):
+    straight = load_network(train(_config(folders, tmp_path / "straight"), progress=False))[0]
+
+    calls = {"n": 0}
+    real = losses.LOSSES["reference"]
+
+    def stop_at_fifth_step(a, b, f):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # as Ctrl-C: the state of step 4 is saved
+        return real(a, b, f)
+
+    monkeypatch.setitem(losses.LOSSES, "reference", stop_at_fifth_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(folders, tmp_path / "resumed"), progress=False)
+    monkeypatch.setitem(losses.LOSSES, "reference", real)
+    assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=False)["step"] == 4
+    resumed = load_network(train(_config(folders, tmp_path / "resumed"), resume=tmp_path / "resumed", progress=False))[
+        0
+    ]
+
+    for (name, x), (_, y) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name  # bit-exact on CPU
+    assert [int(r["step"]) for r in _log(tmp_path / "resumed")] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in _log(tmp_path / "resumed")] == [r["loss"] for r in _log(tmp_path / "straight")]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [
+        "step_0000003.json",
+        "step_0000003.safetensors",
+        "step_0000004.json",
+        "step_0000004.safetensors",
+    ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_ddp_on_cpu(folders, tmp_path):
+    config = tmp_path / "ddp.yaml"
+    import yaml
+
+    options = dict(
+        data=[[str(folders / "vi"), str(folders / "ir")]],
+        model=SMALL_MODEL,
+        text_embedding=str(folders / "text.npy"),
+        backbone_weights=None,
+        crop=32,
+        batch_size=1,
+        steps=3,
+        checkpoint_every=100,
+        threads=1,
+        log_every=1,
+    )
+    config.write_text(yaml.safe_dump(options))
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "upfusion",
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "ddp"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 processes" in result.stderr
+    assert [int(r["step"]) for r in _log(tmp_path / "ddp")] == [1, 2, 3]
+    model, _ = load_network(tmp_path / "ddp" / "final.json")
+    assert model.config.dim == 8
+
+
+def test_config_file_then_command_line(folders, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'data = [["{folders / "vi"}", "{folders / "ir"}"]]\ncrop = 64\nsteps = 5\nloss = "paper"\n')
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--config", str(toml), "--crop", "40", "--no-flips", "--grad-clip", "0.5"])
+    config = build_config(args)
+    assert (config.crop, config.steps, config.loss, config.flips, config.grad_clip) == (40, 5, "paper", False, 0.5)
+    assert config.lr == 1e-4 and config.model == "default"  # defaults: the paper's lr, the shipped preset
+
+
+def test_every_option_has_a_command_line_flag():
+    assert list(HELP) == [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def test_shipped_recipes_parse():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("default.yaml", "paper.yaml"):
+        config = TrainConfig.from_dict(load_config_file(root / name), source=name)
+        config.validate()
+    default = TrainConfig.from_dict(load_config_file(root / "default.yaml"))
+    assert default.model == "default" and not any("llvip" in a or "llvip" in b for a, b in default.data)
+
+
+def test_cosine_schedule():
+    assert cosine_lr_factor(0, 100, 1e-4, 1e-5, 0) == pytest.approx(1.0)
+    assert cosine_lr_factor(50, 100, 1e-4, 1e-5, 0) == pytest.approx(0.55)
+    assert cosine_lr_factor(100, 100, 1e-4, 1e-5, 0) == pytest.approx(0.1)
+    assert cosine_lr_factor(4, 100, 1e-4, 1e-5, 10) == pytest.approx(0.5)  # warm-up
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("steps: [1\n", "not valid YAML"),
+        ("stepz: 3\n", "unknown option(s) stepz"),
+        ("- 1\n", "must be a mapping"),
+    ],
+)
+def test_bad_config_file_is_one_line_error(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"upfusion train: error: {path}") and message in err and err.count("\n") == 1
+
+
+def test_errors_before_training(folders, tmp_path):
+    with pytest.raises(UpfusionError, match="give steps or epochs, not both"):
+        train(_config(folders, tmp_path / "x", epochs=1), progress=False)
+    with pytest.raises(UpfusionError, match="no training state to resume from"):
+        train(_config(folders, tmp_path / "x"), resume=tmp_path / "nothing", progress=False)
+    with pytest.raises(UpfusionError, match="fewer than one step's batch"):
+        train(_config(folders, tmp_path / "x", batch_size=7), progress=False)
+    with pytest.raises(UpfusionError, match="text embedding has 16 values; the model takes 384"):
+        train(_config(folders, tmp_path / "x", model={**SMALL_MODEL, "text_dim": 384}), progress=False)
