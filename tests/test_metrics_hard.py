@@ -19,7 +19,7 @@ from upfusion.metrics.structural import q_cb, q_y, yang_window
 from upfusion.metrics.tsallis import Q_TSALLIS, q_te
 from upfusion.metrics.viff import viff
 
-REF_DIR = Path("/work/shared/reference/metrics")
+REF_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "metrics"  # ../shared of the repo
 METRICS = {"Q_P": q_p, "Q_TE": q_te, "Q_CB": q_cb, "Q_Y": q_y, "Q_G": q_g, "VIFF": viff}
 
 needs_reference = pytest.mark.skipif(not REF_DIR.is_dir(), reason="shared reference material not available")
@@ -139,6 +139,12 @@ def test_q_g_identical_images() -> None:
     x = _smooth_image((40, 50), 3)
     expected = 1.0 / (1.0 + math.exp(-5.0)) ** 2
     assert q_g(x, x, x) == pytest.approx(expected, rel=1e-12)
+
+
+def test_q_cb_identical_images_is_one() -> None:
+    # C'_A = C'_F gives Q_AF = 1 (equal values take the second ratio, 1), and lambda_A + lambda_B = 1
+    x = _smooth_image((50, 70), 14)
+    assert q_cb(x, x, x) == pytest.approx(1.0, rel=1e-12)
 
 
 def test_q_y_identical_images_is_one() -> None:

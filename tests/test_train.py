@@ -263,3 +263,17 @@ def test_errors_before_training(folders, tmp_path):
         train(_config(folders, tmp_path / "x", batch_size=7), progress=False)
     with pytest.raises(UpfusionError, match="text embedding has 16 values; the model takes 384"):
         train(_config(folders, tmp_path / "x", model={**SMALL_MODEL, "text_dim": 384}), progress=False)
+
+
+def test_training_curve_png(tmp_path):
+    from upfusion.train import plot_training_curve
+
+    rows = "".join(f"{s},0,{1e-4 * (1 - s / 40):.6g},{5 / s:.5f},0.1,0.1,0.1,{s}\n" for s in range(1, 40))
+    (tmp_path / "log.csv").write_text("step,epoch,lr,loss,intensity,grad,ssim,seconds\n" + rows)
+    png = plot_training_curve(tmp_path, tmp_path / "docs" / "curve.png")
+    image = Image.open(png)
+    assert image.format == "PNG" and image.width > 300
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "log.csv").write_text("step,epoch,lr,loss\n")
+    with pytest.raises(UpfusionError, match="has no rows yet"):
+        plot_training_curve(tmp_path / "empty", tmp_path / "x.png")

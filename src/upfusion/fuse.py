@@ -121,7 +121,7 @@ def align(a: SourceImage, b: SourceImage, resize_b_to_a: bool = False) -> tuple[
         if not resize_b_to_a:
             raise UpfusionError(
                 f"{b.name}: size {b.width}x{b.height} differs from {a.name} ({a.width}x{a.height}); "
-                "the sources must be registered (same size), or pass --resize-b-to-a"
+                "the sources must be registered (same size), or resize B (--resize-b-to-a, resize_b_to_a=True)"
             )
         b = imaging.resize_like(b, a.height, a.width)
     return a, b

@@ -345,7 +345,9 @@ def _fuse_jobs(
             fuse(batch)
         finish_writes(keep=0)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # writes in flight finish; queued reads are dropped
+        for _, future in reads:  # stopped early: drop the reads, but let every result already fused be written
+            future.cancel()
+        pool.shutdown(wait=True)
     return written
 
 

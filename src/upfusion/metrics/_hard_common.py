@@ -46,17 +46,14 @@ def gauss_1d(n: int, sigma: float) -> np.ndarray:
     return g / g.sum()
 
 
-def correlate_sep(x: np.ndarray, g: np.ndarray, valid: bool = False, step: int = 1) -> np.ndarray:
-    """Separable correlation of the last two axes of ``x`` with ``outer(g, g)`` (odd-length ``g``).
+def correlate_valid_sep(x: np.ndarray, g: np.ndarray, step: int = 1) -> np.ndarray:
+    """'valid' correlation of the last two axes of ``x`` with ``outer(g, g)`` (odd-length, symmetric ``g``).
 
-    'same' size with zero padding by default; with ``valid`` only the outputs whose window lies inside
-    the image (each side shrinks by ``len(g) - 1``), and with ``step`` only every step-th of those rows and
-    columns, starting with the first. Used only where the definitions say the summation order does not
-    matter (the 2-D kernel is applied as two 1-D passes).
+    Keeps only the outputs whose window lies inside the image (each side shrinks by ``len(g) - 1``) and,
+    with ``step``, only every step-th of those rows and columns, starting with the first. The 2-D kernel
+    is applied as two 1-D passes, so use it only where the definitions say the summation order does not
+    matter.
     """
-    if not valid:
-        out = ndimage.correlate1d(x, g, axis=-2, mode="constant", cval=0.0)
-        return ndimage.correlate1d(out, g, axis=-1, mode="constant", cval=0.0)
     half = (len(g) - 1) // 2
     rows, cols = x.shape[-2:]
     # crop (and subsample) the rows before the second pass so that it only does the work that is kept

@@ -6,8 +6,9 @@ Both take raw grey levels 0..255 (no normalisation) and use zero-padded 'same' f
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
-from ._hard_common import as_float_image, correlate_sep, gauss_1d
+from ._hard_common import as_float_image, gauss_1d
 from .phase_congruency import phase_congruency
 
 _QP_MASK_THRESHOLD = 0.1
@@ -15,34 +16,29 @@ _QP_C = 1e-4
 _GUARD = 1e-5
 
 
-def _zhao_feature(
-    u_a: np.ndarray,
-    u_b: np.ndarray,
-    u_max: np.ndarray,
-    v: np.ndarray,
-    masks: np.ndarray,
-    count_max: int,
-    g: np.ndarray,
-) -> float:
-    """P_Y for one feature: mean over the mask_max pixels of max(r_A, r_B, r_max).
+# rows per block of the per-pixel stage of Q_P's local statistics (keeps temporaries small)
+_ZHAO_BLOCK_ROWS = 32
 
-    ``u_*`` are the masked source maps, ``v`` the unmasked fused map and ``masks`` the (3, R, C) boolean
-    masks of A, B and max. Local statistics use gauss(11, 1.5) with zero padding ('same').
+
+def _zhao_score(stats: np.ndarray, masks: np.ndarray, count_max: int) -> float:
+    """P_Y for one feature: sum over pixels of max(r_A, r_B, r_max) / number of mask_max pixels.
+
+    ``stats`` holds the local (gauss(11, 1.5), zero padding) statistics, stacked as mean of U (3 sources),
+    mean of U^2 (3), mean of U*V (3), mean of V, mean of V^2; ``masks`` the (3, R, C) source masks.
     """
-    sources = np.stack([u_a, u_b, u_max])
-    # one batched filtering pass: means, second moments and cross moments of all three sources with F
-    stats = correlate_sep(np.concatenate([sources, sources * sources, sources * v, v[None], (v * v)[None]]), g)
-    mu_u, sq_u, uv = stats[0:3], stats[3:6], stats[6:9]
-    mu_v, sq_v = stats[9], stats[10]
-    var_u = sq_u - mu_u * mu_u
-    var_v = sq_v - mu_v * mu_v
-    cov = uv - mu_u * mu_v
-    # abs of the product: round-off can make a variance slightly negative
-    r = (cov + _QP_C) / (np.sqrt(np.abs(var_u * var_v)) + _QP_C)
-    r = np.where(masks, r, 0.0)
-    best = np.fmax(np.fmax(r[0], r[1]), r[2])
+    total = 0.0
+    for r0 in range(0, stats.shape[1], _ZHAO_BLOCK_ROWS):
+        st = stats[:, r0 : r0 + _ZHAO_BLOCK_ROWS]
+        mu_u, sq_u, uv, mu_v, sq_v = st[0:3], st[3:6], st[6:9], st[9], st[10]
+        var_u = sq_u - mu_u * mu_u
+        var_v = sq_v - mu_v * mu_v
+        cov = uv - mu_u * mu_v
+        # abs of the product: round-off can make a variance slightly negative
+        r = (cov + _QP_C) / (np.sqrt(np.abs(var_u * var_v)) + _QP_C)
+        r = np.where(masks[:, r0 : r0 + _ZHAO_BLOCK_ROWS], r, 0.0)  # r only inside each source's own mask
+        total += float(np.fmax(np.fmax(r[0], r[1]), r[2]).sum())
     with np.errstate(invalid="ignore", divide="ignore"):
-        return float(best.sum() / count_max)
+        return float(np.float64(total) / count_max)
 
 
 def zhao_scores(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> tuple[float, float, float]:
@@ -60,14 +56,25 @@ def zhao_scores(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> tuple[float, flo
     count_max = int(masks[2].sum())
     g = gauss_1d(11, 1.5)
 
+    # buffers reused by the three features (fresh large arrays are costly to fault in)
+    maps = np.empty((11,) + a.shape)
+    partial = np.empty_like(maps)
+    stats = np.empty_like(maps)
     scores = []
     for y_a, y_b, y_f in zip(feats_a, feats_b, feats_f, strict=True):
-        y_max = np.where(take_a, y_a, y_b)
-        # sources are masked by their own PC mask, the fused map is not
-        u_a = np.where(masks[0], y_a, 0.0)
-        u_b = np.where(masks[1], y_b, 0.0)
-        u_max = np.where(masks[2], y_max, 0.0)
-        scores.append(_zhao_feature(u_a, u_b, u_max, y_f, masks, count_max, g))
+        # sources masked by their own PC mask (0 outside), the fused map unmasked
+        maps[0:3] = 0.0
+        np.copyto(maps[0], y_a, where=masks[0])
+        np.copyto(maps[1], y_b, where=masks[1])
+        np.copyto(maps[2], np.where(take_a, y_a, y_b), where=masks[2])
+        np.multiply(maps[0:3], maps[0:3], out=maps[3:6])
+        np.multiply(maps[0:3], y_f, out=maps[6:9])
+        maps[9] = y_f
+        np.multiply(y_f, y_f, out=maps[10])
+        # gauss(11, 1.5) 'same' with zero padding, as two 1-D passes over all 11 maps at once
+        ndimage.correlate1d(maps, g, axis=-2, mode="constant", output=partial)
+        ndimage.correlate1d(partial, g, axis=-1, mode="constant", output=stats)
+        scores.append(_zhao_score(stats, masks, count_max))
     return scores[0], scores[1], scores[2]
 
 

@@ -144,13 +144,9 @@ def _orientation_block(eo: np.ndarray, threshold: float) -> tuple[np.ndarray, np
     deviation = np.abs((eo * np.conj(total)).imag).sum(axis=0)
     energy = (norm_sq - deviation) / xnorm
     energy = np.maximum(energy - threshold, 0.0)
-    # W * E with W = 1 / (1 + exp((cutOff - width) * g)) in (0, 1); where E = 0 the product is 0 whatever
-    # W is, so the (slow) exp is only evaluated where the energy exceeds the noise threshold
-    active = energy > 0
-    width = (sum_a[active] / (max_a[active] + EPS)) / N_SCALE
-    weighted = np.zeros_like(energy)
-    weighted[active] = 1.0 / (1.0 + np.exp((CUT_OFF - width) * G_SIGMOID)) * energy[active]
-    return weighted, sum_a
+    width = (sum_a / (max_a + EPS)) / N_SCALE
+    weight = 1.0 / (1.0 + np.exp((CUT_OFF - width) * G_SIGMOID))
+    return weight * energy, sum_a
 
 
 def phase_congruency(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,6 +169,7 @@ def phase_congruency(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     cov_b = np.zeros((rows, cols))
     cov_c = np.zeros((rows, cols))
     eo = np.empty((N_SCALE, rows, cols), dtype=np.complex128)
+    scratch = np.empty((rows, cols))
     # the spectrum times each radial part, reused by all orientations (filter H = log-Gabor * spread)
     spectrum_lg = spectrum * log_gabor
 
@@ -180,7 +177,8 @@ def phase_congruency(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
         for s in range(N_SCALE):
             np.multiply(spectrum_lg[s], spread[o], out=eo[s])
             sfft.ifft2(eo[s], overwrite_x=True)  # in place: eo[s] becomes the complex response
-        threshold = _noise_threshold(np.abs(eo[0]) ** 2, noise_factor[o])
+        a1_sq = np.square(np.abs(eo[0], out=scratch), out=scratch)
+        threshold = _noise_threshold(a1_sq, noise_factor[o])
         angl = o * np.pi / N_ORIENT
         for r0 in range(0, rows, block):
             r1 = min(rows, r0 + block)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._hard_common import as_float_image, correlate_sep, gauss_1d
+from ._hard_common import as_float_image, correlate_valid_sep, gauss_1d
 
 SIGMA_N_SQ = 0.005 * 255 * 255  # visual noise variance on the 0..255 scale
 _SCALE_WEIGHTS = np.array([1.0, 0.0, 0.15, 1.0]) / 2.15
@@ -51,25 +51,11 @@ def viff(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
         n = 2 ** (4 - scale) + 1
         g = gauss_1d(n, n / 5.0)
         if scale > 0:
-            x = correlate_sep(x, g, valid=True, step=2)
+            x = correlate_valid_sep(x, g, step=2)
         src_a, src_b, fused = x
         # all local moments of this scale in one batched filtering pass
-        moments = correlate_sep(
-            np.stack(
-                [
-                    src_a,
-                    src_b,
-                    fused,
-                    src_a * src_a,
-                    src_b * src_b,
-                    fused * fused,
-                    src_a * fused,
-                    src_b * fused,
-                ]
-            ),
-            g,
-            valid=True,
-        )
+        products = [src_a * src_a, src_b * src_b, fused * fused, src_a * fused, src_b * fused]
+        moments = correlate_valid_sep(np.stack([src_a, src_b, fused, *products]), g)
         mu_a, mu_b, mu_f, sq_a, sq_b, sq_f, af, bf = moments
         g_a, vid_a, vind_a = _source_maps(mu_a, sq_a, mu_f, sq_f, af)
         g_b, vid_b, vind_b = _source_maps(mu_b, sq_b, mu_f, sq_f, bf)

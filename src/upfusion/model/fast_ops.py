@@ -85,20 +85,31 @@ def band_rows(width: int, channels: int, batch: int) -> int:
 
 
 def conv_bands(
-    x: torch.Tensor, norm: nn.Module, pointwise: nn.Conv2d, depthwise: nn.Conv2d, rows: int
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """``depthwise(pointwise(norm(x)))`` band by band: yields ``(r0, r1, rows r0:r1 as [N, rows*W, C'])``.
+    x: torch.Tensor, norm: nn.Module, pointwise: nn.Conv2d, depthwise: nn.Conv2d, parts: int, rows: int
+) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+    """``depthwise(pointwise(norm(x)))`` band by band, its channels cut in ``parts`` equal parts.
 
-    Each band is computed with one halo row above and below, so the depth-wise 3x3 conv sees
-    the same neighbours as on the whole map; the halo rows' own (zero-padded) outputs are dropped.
+    Yields ``(r0, r1, parts)``: image rows ``r0:r1``, each part as a contiguous ``[N, (r1-r0)*W, C']``
+    tensor. Each band is computed with one halo row above and below, so the depth-wise 3x3
+    conv sees the same neighbours as on the whole map; the halo rows' own outputs are dropped.
+    The parts (q|k|v, gelu-half|gate-half) are computed by separate convolutions with the
+    matching slices of the weights: element-wise work on contiguous tensors is ~4x faster
+    than on channel slices of one tensor.
     """
     n, _, height, width = x.shape
+    step = pointwise.out_channels // parts
     for r0 in range(0, height, rows):
         r1 = min(r0 + rows, height)
         lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
-        band = depthwise(pointwise(layer_norm(norm, x[:, :, lo:hi])))
-        band = channels_last(band[:, :, r0 - lo : r1 - lo])  # a no-op unless the conv chose NCHW
-        yield r0, r1, nhwc(band).reshape(n, (r1 - r0) * width, band.shape[1])
+        normed = layer_norm(norm, x[:, :, lo:hi])
+        outputs = []
+        for i in range(parts):
+            cut = slice(i * step, (i + 1) * step)
+            y = F.conv2d(normed, pointwise.weight[cut])
+            y = F.conv2d(y, depthwise.weight[cut], padding=1, groups=step)
+            y = channels_last(y[:, :, r0 - lo : r1 - lo])  # a no-op unless the batch has several samples
+            outputs.append(nhwc(y).reshape(n, (r1 - r0) * width, step))
+        yield r0, r1, outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,8 +169,7 @@ def mdta_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     acc = _GramAccumulator(n, c, attn.heads, x)
     values = None
     rows = band_rows(width, 3 * c, n)
-    for r0, r1, qkv in conv_bands(x, block.norm1, attn.qkv, attn.qkv_dwconv, rows):
-        q, k, v = qkv.split(c, dim=2)
+    for r0, r1, (q, k, v) in conv_bands(x, block.norm1, attn.qkv, attn.qkv_dwconv, 3, rows):
         acc.add(q, k)
         if values is None:
             values = torch.empty(n, height * width, c, dtype=v.dtype, device=v.device)
@@ -175,10 +185,9 @@ def topk_cross_attention(tcpm: nn.Module, query: torch.Tensor, key_value: torch.
     acc = _GramAccumulator(n, c, attn.heads, query)
     values = None
     rows = band_rows(width, 3 * c, n)
-    q_bands = conv_bands(query, tcpm.norm1, attn.q, attn.q_dwconv, rows)
-    kv_bands = conv_bands(key_value, tcpm.norm2, attn.kv, attn.kv_dwconv, rows)
-    for (r0, r1, q), (_, _, kv) in zip(q_bands, kv_bands, strict=True):
-        k, v = kv.split(c, dim=2)
+    q_bands = conv_bands(query, tcpm.norm1, attn.q, attn.q_dwconv, 1, rows)
+    kv_bands = conv_bands(key_value, tcpm.norm2, attn.kv, attn.kv_dwconv, 2, rows)
+    for (r0, r1, (q,)), (_, _, (k, v)) in zip(q_bands, kv_bands, strict=True):
         acc.add(q, k)
         if values is None:
             values = torch.empty(n, height * width, c, dtype=v.dtype, device=v.device)
@@ -199,14 +208,14 @@ def gdfn_residual(norm: nn.Module, ffn: nn.Module, x: torch.Tensor) -> torch.Ten
     n, c, height, width = x.shape
     out = None
     rows = band_rows(width, ffn.project_in.out_channels, n)
-    for r0, r1, hidden in conv_bands(x, norm, ffn.project_in, ffn.dwconv, rows):
-        x1, x2 = hidden.chunk(2, dim=2)
+    for r0, r1, (x1, x2) in conv_bands(x, norm, ffn.project_in, ffn.dwconv, 2, rows):
         gated = F.gelu(x1).mul_(x2)
-        y = F.linear(gated, ffn.project_out.weight.flatten(1))  # the 1x1 conv, per pixel
-        rows = nhwc(x[:, :, r0:r1]).reshape(n, (r1 - r0) * width, c)
+        gated = gated.view(n, r1 - r0, width, -1).permute(0, 3, 1, 2)  # channels-last [N, hidden, rows, W]
+        y = nhwc(F.conv2d(gated, ffn.project_out.weight)).reshape(n, (r1 - r0) * width, c)
+        residual = nhwc(x[:, :, r0:r1]).reshape(n, (r1 - r0) * width, c)
         if out is None:
-            out = torch.empty(n, height * width, c, dtype=torch.result_type(rows, y), device=x.device)
-        torch.add(rows, y, out=out[:, r0 * width : r1 * width])
+            out = torch.empty(n, height * width, c, dtype=torch.result_type(residual, y), device=x.device)
+        torch.add(residual, y, out=out[:, r0 * width : r1 * width])
     return out.view(n, height, width, c).permute(0, 3, 1, 2)
 
 
