@@ -129,3 +129,12 @@ def test_real_training_folder_with_mixed_grey_and_colour():
     assert len(ds) == 21
     a, b = ds[0]
     assert a.shape == (1, 64, 64) and 0 <= a.min() and a.max() <= 1 and a.std() > 0.01 and b.std() > 0.01
+
+
+def test_several_folder_pairs_keep_equal_stems_apart(tmp_path):
+    for collection in ("one", "two"):
+        _write(tmp_path / collection / "train" / "vi", "x.png", np.zeros((16, 16), np.uint8))
+        _write(tmp_path / collection / "train" / "ir", "x.png", np.zeros((16, 16), np.uint8))
+    sources = [(tmp_path / c / "train" / "vi", tmp_path / c / "train" / "ir") for c in ("one", "two")]
+    ds = FusionPairs(sources, crop=8)
+    assert len(ds) == 2 and [s.split("/")[-3:] for s in ds.stems] == [["one", "train", "x"], ["two", "train", "x"]]

@@ -70,7 +70,8 @@ def index_pairs(sources: Sequence[tuple[str | Path, str | Path]]) -> PairIndex:
         pairing = pair_by_stem(Path(folder_a), Path(folder_b))
         if not pairing.pairs:
             raise UpfusionError(f"{folder_a} and {folder_b}: no pair of images shares a file stem")
-        prefix = f"{Path(folder_a).parent.name}/" if len(sources) > 1 else ""
+        # with several folder pairs, a stem is named by its folder's parent (e.g. msrs/train/00001D)
+        prefix = f"{Path(folder_a).parent.as_posix()}/" if len(sources) > 1 else ""
         index.pairs.extend((prefix + stem, a, b) for stem, (a, b) in pairing.pairs)
         index.unmatched.extend(pairing.unmatched)
     return index

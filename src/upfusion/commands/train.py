@@ -16,6 +16,10 @@ current directory.
 Output (--out): state.pt (to --resume from), checkpoints/step_N.json and final.json (weights
 that 'upfusion fuse --weights' reads), log.csv, val.csv, config.json, and TensorBoard events
 when the tensorboard package is installed. Ctrl-C or SIGTERM saves the state before stopping.
+
+--resume continues exactly: weights, Adam state, schedule, random state and step. Options given
+with it override the saved run's; a new --steps or --epochs changes the run's length, and the
+cosine schedule then follows the new length from that step on.
 """
 
 EPILOG = """\

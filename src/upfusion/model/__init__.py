@@ -2,7 +2,7 @@
 
 from .blocks import GDFN, MDTA, Down, LayerNorm2d, TransformerBlock, Up
 from .gam import GAM
-from .network import ModelConfig, UPFusion
+from .network import ModelConfig, SharedStatistics, UPFusion
 from .scpm import SCPM
 from .tcpm import TCPM, TopKCrossAttention
 
@@ -11,6 +11,7 @@ __all__ = [
     "GDFN",
     "MDTA",
     "SCPM",
+    "SharedStatistics",
     "TCPM",
     "Down",
     "LayerNorm2d",

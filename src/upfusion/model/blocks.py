@@ -157,8 +157,22 @@ class ShallowEmbedding(nn.Module):
 
 
 def global_average_pool(x: torch.Tensor) -> torch.Tensor:
-    """GAP: adaptive average pooling to 1x1 over the whole (padded) map."""
+    """GAP: adaptive average pooling to 1x1 over the whole (padded) map, in float32.
+
+    (Under autocast the map may be bf16/fp16: its mean is still accumulated and kept in float32.)
+    """
+    if x.dtype != torch.float32:
+        return x.mean(dim=(2, 3), keepdim=True, dtype=torch.float32)
     return F.adaptive_avg_pool2d(x, 1)
+
+
+def float32_decisions(x: torch.Tensor) -> torch.autocast:
+    """Context for the scores behind a hard top-k selection: float32 even under autocast.
+
+    Untrained SE and text MLPs give scores ~1 float32 ulp apart (spec section 6); rounded to
+    bf16 or fp16 they would tie and the selection would be arbitrary.
+    """
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def gather_channels(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

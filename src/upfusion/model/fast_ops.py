@@ -226,7 +226,44 @@ def transformer_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return gdfn_residual(block.norm2, block.ffn, x)
 
 
+def _folded_query_weights(tcpm: nn.Module, indices: torch.Tensor | None, perm: torch.Tensor, sample: int):
+    """``conv_out(permute(conv1x1(select(x))))`` as one 1x1 conv on ``x``: (weight [c, 2c], bias [c]).
+
+    ``q = Wo (W1 x[idx] + b1)[perm] + bo = (Wo W1[perm]) x[idx] + (Wo b1[perm] + bo)``; the
+    columns of ``Wo W1[perm]`` go to the selected channels, the others get zeros.
+    """
+    w1, b1 = tcpm.conv1x1.weight.flatten(1).float(), tcpm.conv1x1.bias.float()
+    wo, bo = tcpm.conv_out.weight.flatten(1).float(), tcpm.conv_out.bias.float()
+    order = perm[min(sample, perm.shape[0] - 1)]
+    folded = wo @ w1[order]
+    bias = wo @ b1[order] + bo
+    if indices is None:  # no SE selection: conv1x1 sees all 2c channels in order
+        return folded, bias
+    weight = folded.new_zeros(wo.shape[0], wo.shape[1])
+    weight[:, indices[sample]] = folded
+    return weight, bias
+
+
+def tcpm_query_key_value(
+    tcpm: nn.Module, x: torch.Tensor, indices: torch.Tensor | None, perm: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TCPM``'s q and kv_src from ``x = concat(a, b)`` and its selections (SE ``indices`` [N, m] or
+    None, text ``perm`` [N or 1, 2c]).
+
+    The SE gather, ``conv1x1``, the text permutation and ``conv_out`` are one 1x1 conv for q
+    (per sample: each sample has its own selection).
+    """
+    x = channels_last(x)
+    queries = []
+    for i in range(x.shape[0]):
+        with torch.autocast(x.device.type, enabled=False):  # fold the weights in float32
+            weight, bias = _folded_query_weights(tcpm, indices, perm, i)
+        queries.append(F.conv2d(x[i : i + 1], weight.to(x.dtype)[:, :, None, None], bias.to(x.dtype)))
+    query = channels_last(torch.cat(queries)) if len(queries) > 1 else queries[0]
+    return query, tcpm.conv_out(x)
+
+
 def tcpm_attention_ffn(tcpm: nn.Module, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
-    """The tail of ``TCPM``: ``att = CA(LN1(q), LN2(kv))``, then ``att + GDFN(LN3(att))``."""
+    """The rest of ``TCPM``: ``att = CA(LN1(q), LN2(kv_src))``, then ``att + GDFN(LN3(att))``."""
     att = topk_cross_attention(tcpm, channels_last(query), channels_last(key_value))
     return gdfn_residual(tcpm.norm3, tcpm.ffn, att)

@@ -15,6 +15,9 @@ class GAM(nn.Module):
         super().__init__()
         self.affine_fc = nn.Sequential(conv1x1(c, c, bias=True), nn.ReLU(inplace=True), conv1x1(c, 2 * c, bias=True))
 
-    def forward(self, fused: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        gamma, beta = self.affine_fc(global_average_pool(embedding)).chunk(2, dim=1)
+    def forward(self, fused: torch.Tensor, embedding: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """``pooled``: ``GAP(embedding)`` [N, C, 1, 1] of the whole image when ``embedding`` is one tile of it."""
+        if pooled is None:
+            pooled = global_average_pool(embedding)
+        gamma, beta = self.affine_fc(pooled.to(fused.dtype)).chunk(2, dim=1)
         return fused * (1 + gamma) + beta

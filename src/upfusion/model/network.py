@@ -18,6 +18,18 @@ from .tcpm import TCPM
 
 
 @dataclass(frozen=True)
+class SharedStatistics:
+    """Whole-image decisions given to a forward pass that sees only one tile (``upfusion.tiling``).
+
+    Every field left None is computed from the input, as in a whole-image pass.
+    """
+
+    scpm_indices: torch.Tensor | None = None  # SCPM's kept channels [N, k]
+    gam_pooled: tuple[torch.Tensor, torch.Tensor] | None = None  # GAP(eA), GAP(eB): [N, C, 1, 1] each
+    tcpm_indices: tuple[torch.Tensor | None, ...] | None = None  # TCPM SE selections of levels 1..4, [N, m]
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything that fixes the network's shape; the switches are the paper's Table 3 ablations."""
 
@@ -163,26 +175,38 @@ class UPFusion(nn.Module):
             return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         return x
 
-    def _fuse_level(self, tcpm: TCPM | None, a: torch.Tensor, b: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        if tcpm is None:  # "without TCPM" ablation: the sum of the two branch features
-            return a + b
-        return tcpm(a, b, text)
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, text: torch.Tensor, shared: SharedStatistics | None = None
+    ) -> torch.Tensor:
+        """The fused luma [N, 1, H, W]; ``shared`` only when ``a``, ``b`` are one tile of a larger image."""
+        shared = shared or SharedStatistics()
+        e_a, e_b = self.embed(a, b)
+        f_a, f_b = self.select_and_modulate(e_a, e_b, shared)
+        del e_a, e_b  # full-resolution maps are dropped as soon as they are used (inference memory)
+        levels = self.encode(f_a, f_b)
+        del f_a, f_b
+        fused = self.fuse_levels(levels, text, shared)
+        return self.decode(fused)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        a, b = self.to_luma(a), self.to_luma(b)
-        if text.dim() == 1:
-            text = text.unsqueeze(0)
-        # shallow embeddings and SCPM
-        e_a = self.patch_embed(a)
-        e_b = self.ir_imb(b)
+    def embed(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 2: the shallow embeddings ``eA``, ``eB`` (after reducing RGB sources to luma)."""
+        return self.patch_embed(self.to_luma(a)), self.ir_imb(self.to_luma(b))
+
+    def select_and_modulate(
+        self, e_a: torch.Tensor, e_b: torch.Tensor, shared: SharedStatistics
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 3-4: SCPM on the averaged embedding, the 1x1 expansion to two halves, GAM."""
         p = (e_a + e_b) / 2
         if self.channel_select is not None:
-            p = self.channel_select(p)
+            p = self.channel_select(p, shared.scpm_indices)
         p_a, p_b = self.expand_conv(p).chunk(2, dim=1)
-        # GAM
-        f_a = self.GEO_vi(p_a, e_a) if self.GEO_vi is not None else p_a
-        f_b = self.GEO_ir(p_b, e_b) if self.GEO_ir is not None else p_b
-        # encoders, shared down-samplers
+        pooled_a, pooled_b = shared.gam_pooled or (None, None)
+        f_a = self.GEO_vi(p_a, e_a, pooled_a) if self.GEO_vi is not None else p_a
+        f_b = self.GEO_ir(p_b, e_b, pooled_b) if self.GEO_ir is not None else p_b
+        return f_a, f_b
+
+    def encode(self, f_a: torch.Tensor, f_b: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Step 5: the two encoder branches (shared down-samplers); [(A, B) features of levels 1..4]."""
         a1 = self.encoder_level1_vi(f_a)
         b1 = self.encoder_level1_ir(f_b)
         a2 = self.encoder_level2_vi(self.down1_2(a1))
@@ -191,18 +215,39 @@ class UPFusion(nn.Module):
         b3 = self.encoder_level3_ir(self.down2_3(b2))
         a4 = self.latent_vi(self.down3_4(a3))
         b4 = self.latent_ir(self.down3_4(b3))
-        # TCPM at every level
-        t4 = self._fuse_level(self.latent_shuffle_channel, a4, b4, text)
-        t3 = self._fuse_level(self.encoder_shuffle_channel3, a3, b3, text)
-        t2 = self._fuse_level(self.encoder_shuffle_channel2, a2, b2, text)
-        t1 = self._fuse_level(self.encoder_shuffle_channel1, a1, b1, text)
-        # decoder
-        d = self.up4_3(t4)
-        d = self.decoder_level3(self.reduce_chan_level3(torch.cat([d, t3], dim=1)))
+        return [(a1, b1), (a2, b2), (a3, b3), (a4, b4)]
+
+    def tcpm_modules(self) -> list[TCPM | None]:
+        """The TCPM of levels 1, 2, 3 and the latent level (None in the "without TCPM" ablation)."""
+        return [
+            self.encoder_shuffle_channel1,
+            self.encoder_shuffle_channel2,
+            self.encoder_shuffle_channel3,
+            self.latent_shuffle_channel,
+        ]
+
+    def fuse_levels(
+        self, levels: list[tuple[torch.Tensor, torch.Tensor]], text: torch.Tensor, shared: SharedStatistics
+    ) -> list[torch.Tensor]:
+        """Step 6: TCPM at every level, [T1, T2, T3, T4]; empties ``levels`` (each pair is freed once fused)."""
+        if text.dim() == 1:
+            text = text.unsqueeze(0)
+        indices = shared.tcpm_indices or (None, None, None, None)
+        fused = []
+        for tcpm, level_indices in zip(self.tcpm_modules(), indices, strict=True):
+            a, b = levels.pop(0)
+            # "without TCPM" ablation: the sum of the two branch features
+            fused.append(a + b if tcpm is None else tcpm(a, b, text, level_indices))
+        return fused
+
+    def decode(self, fused: list[torch.Tensor]) -> torch.Tensor:
+        """Step 7: the decoder climbs from the latent level, taking T3, T2, T1 on the way (empties ``fused``)."""
+        d = self.up4_3(fused.pop())
+        d = self.decoder_level3(self.reduce_chan_level3(torch.cat([d, fused.pop()], dim=1)))
         d = self.up3_2(d)
-        d = self.decoder_level2(self.reduce_chan_level2(torch.cat([d, t2], dim=1)))
+        d = self.decoder_level2(self.reduce_chan_level2(torch.cat([d, fused.pop()], dim=1)))
         d = self.up2_1(d)
-        d = self.decoder_level1(torch.cat([d, t1], dim=1))
+        d = self.decoder_level1(torch.cat([d, fused.pop()], dim=1))
         d = self.refinement(d)
         return self.output(d)
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import conv1x1, gather_channels, global_average_pool
+from .blocks import conv1x1, float32_decisions, gather_channels, global_average_pool
 
 BACKBONE_INPUT_SIZE = (224, 224)
 
@@ -51,26 +51,34 @@ class SCPM(nn.Module):
             self.alpha = nn.Parameter(torch.tensor(1.0))
         self.expand_conv = conv1x1(self.keep, c)
 
-    def semantic_weight(self, p: torch.Tensor) -> torch.Tensor:
-        """``w_s``: the backbone's spatially averaged features of ``suo_conv(p)`` at 224x224."""
-        assert self.backbone is not None
-        with torch.no_grad():
-            s = F.interpolate(
-                self.suo_conv(p), BACKBONE_INPUT_SIZE, mode="bilinear", align_corners=False, antialias=False
+    def backbone_input(self, p: torch.Tensor) -> torch.Tensor:
+        """``suo_conv(p)`` resized to 224x224 (whatever the aspect ratio): what the backbone sees."""
+        with torch.no_grad(), float32_decisions(p):
+            return F.interpolate(
+                self.suo_conv(p.float()), BACKBONE_INPUT_SIZE, mode="bilinear", align_corners=False, antialias=False
             )
-            features = self.backbone(s).mean(dim=(2, 3))
-        return self.convnext_fc(features)
+
+    def scores(self, pooled: torch.Tensor, backbone_input: torch.Tensor | None) -> torch.Tensor:
+        """``w_f`` [N, C] from ``GAP(p)`` [N, C] and the backbone's input (float32, even under autocast)."""
+        with float32_decisions(pooled):
+            w_f = None
+            if self.fc is not None:
+                w_f = self.fc(pooled.float())  # w_c
+            if self.backbone is not None:
+                with torch.no_grad():
+                    features = self.backbone(backbone_input.float()).mean(dim=(2, 3))
+                semantic = self.alpha * torch.sigmoid(self.convnext_fc(features))  # alpha * sigmoid(w_s)
+                w_f = semantic if w_f is None else w_f + semantic
+        return w_f
 
     def channel_weights(self, p: torch.Tensor) -> torch.Tensor:
         """``w_f`` [N, C]: one score per channel and sample."""
-        w_f = None
-        if self.fc is not None:
-            w_f = self.fc(global_average_pool(p).flatten(1))  # w_c
-        if self.backbone is not None:
-            semantic = self.alpha * torch.sigmoid(self.semantic_weight(p))
-            w_f = semantic if w_f is None else w_f + semantic
-        return w_f
+        backbone_input = self.backbone_input(p) if self.backbone is not None else None
+        return self.scores(global_average_pool(p).flatten(1), backbone_input)
 
-    def forward(self, p: torch.Tensor) -> torch.Tensor:
-        idx = torch.topk(self.channel_weights(p), self.keep, dim=1).indices
-        return self.expand_conv(gather_channels(p, idx))
+    def forward(self, p: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """The kept channels of ``p`` in score order, expanded back to C; ``indices`` [N, k] are
+        the whole image's choice when ``p`` is one tile of it (tiled inference)."""
+        if indices is None:
+            indices = torch.topk(self.channel_weights(p), self.keep, dim=1).indices
+        return self.expand_conv(gather_channels(p, indices))

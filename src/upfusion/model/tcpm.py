@@ -12,7 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fast_ops
-from .blocks import GDFN, LayerNorm2d, conv1x1, dwconv3x3, gather_channels, global_average_pool, to_heads
+from .blocks import (
+    GDFN,
+    LayerNorm2d,
+    conv1x1,
+    dwconv3x3,
+    float32_decisions,
+    gather_channels,
+    global_average_pool,
+    to_heads,
+)
 
 
 class TopKCrossAttention(nn.Module):
@@ -90,20 +99,33 @@ class TCPM(nn.Module):
 
     def text_permutation(self, text: torch.Tensor) -> torch.Tensor:
         """Channel order [N or 1, 2c] from the text embedding: all 2c channels by descending score."""
-        g = self.text_fc(text)
+        with float32_decisions(text):
+            g = self.text_fc(text.float())
         return torch.topk(g, g.shape[1], dim=1).indices
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def channel_selection(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The SE selection [N, m] from ``GAP(concat(a, b))`` [N, 2c], in float32 even under autocast."""
+        with float32_decisions(pooled):
+            w = self.se_fc(pooled.float())
+        return torch.topk(w, self.keep, dim=1).indices
+
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, text: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``indices``: the SE selection made on the whole image when ``a``, ``b`` are one tile of it."""
         x = torch.cat([a, b], dim=1)
-        selected = x
-        if self.se_fc is not None:
-            w = self.se_fc(global_average_pool(x).flatten(1))
-            selected = gather_channels(x, torch.topk(w, self.keep, dim=1).indices)
-        y = self.conv1x1(selected)
-        y_perm = gather_channels(y, self.text_permutation(text))  # the channel perturbation
+        if self.se_fc is None:
+            indices = None  # "without channel attention": all 2c channels
+        elif indices is None:
+            indices = self.channel_selection(global_average_pool(x).flatten(1))
+        perm = self.text_permutation(text)
+        if fast_ops.fast_path_active():  # inference: same function, less time and memory
+            query, key_value = fast_ops.tcpm_query_key_value(self, x, indices, perm)
+            del x  # (memory)
+            return fast_ops.tcpm_attention_ffn(self, query, key_value)
+        selected = x if indices is None else gather_channels(x, indices)
+        y_perm = gather_channels(self.conv1x1(selected), perm)  # the channel perturbation
         q = self.conv_out(y_perm)
         kv_src = self.conv_out(x)
-        if fast_ops.fast_path_active():  # inference: same function, less time and memory
-            return fast_ops.tcpm_attention_ffn(self, q, kv_src)
         att = self.select_attn(self.norm1(q), self.norm2(kv_src))
         return att + self.ffn(self.norm3(att))
