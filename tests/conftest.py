@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+def _find_shared() -> Path:
+    """The project's read-only material: $UPFUSION_SHARED, else ../shared beside the repository."""
+    candidates = [Path(os.environ["UPFUSION_SHARED"])] if os.environ.get("UPFUSION_SHARED") else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+SHARED = _find_shared()
 
 
 def shared_path(*parts: str) -> Path:

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import SHARED
 from upfusion import baselines
 from upfusion.baselines import BASELINES, guided_filter, laplacian_pyramid, reconstruct_laplacian
 from upfusion.errors import UpfusionError
 
-MSRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrs" / "test"
+MSRS = SHARED / "data" / "msrs" / "test"
 SHAPES = [(9, 13), (1, 1), (2, 3), (1, 7), (17, 4), (31, 33), (64, 48)]
 
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SHARED
 from upfusion.cli import main
 from upfusion.errors import UpfusionError
 from upfusion.evaluate import evaluate_folders, to_gray_u8
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "metrics"
+REFERENCE = SHARED / "reference" / "metrics"
 pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason="../shared/reference/metrics missing")
 
 STEMS = ["t01", "t09", "t11"]  # t09: F = A, so SCD is NaN

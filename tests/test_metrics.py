@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SHARED
 from upfusion import metrics
 from upfusion.metrics import METRICS, PAPER_METRICS, compute
 from upfusion.metrics._common import normalize1, round_half_away
 from upfusion.metrics.ssim import ssim_map
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "metrics"
+REFERENCE = SHARED / "reference" / "metrics"
 pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason="../shared/reference/metrics missing")
 
 # The metrics implemented in information/statistics/ssim/vif/qabf (the other six live elsewhere).

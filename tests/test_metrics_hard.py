@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
 
+from conftest import SHARED
 from upfusion.metrics._hard_common import normalize1
 from upfusion.metrics.feature import q_g, q_p, zhao_scores
 from upfusion.metrics.phase_congruency import noise_thresholds, phase_congruency
@@ -19,7 +19,7 @@ from upfusion.metrics.structural import q_cb, q_y, yang_window
 from upfusion.metrics.tsallis import Q_TSALLIS, q_te
 from upfusion.metrics.viff import viff
 
-REF_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "metrics"  # ../shared of the repo
+REF_DIR = SHARED / "reference" / "metrics"  # ../shared of the repo
 METRICS = {"Q_P": q_p, "Q_TE": q_te, "Q_CB": q_cb, "Q_Y": q_y, "Q_G": q_g, "VIFF": viff}
 
 needs_reference = pytest.mark.skipif(not REF_DIR.is_dir(), reason="shared reference material not available")

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SHARED
 from upfusion import report
 from upfusion.cli import main
 from upfusion.errors import UpfusionError
 from upfusion.evaluate import EvalResult, evaluate_folders, read_gray
 from upfusion.report import comparison_table, grid_size, picture_grid, table_from_results
 
-MSRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrs" / "test"
+MSRS = SHARED / "data" / "msrs" / "test"
 NAN = float("nan")
 
 VALUES = {
