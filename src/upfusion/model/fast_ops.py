@@ -30,9 +30,11 @@ from torch import nn
 
 _enabled = True
 
-# The rows of one band: enough for efficient matrix products, few enough that the widest
-# band tensor (2 * 2.66c channels) stays near BAND_ELEMENTS values.
+# The rows of one band: enough for efficient matrix products, few enough that the band's
+# widest product (q|k|v, or both GDFN halves) stays near BAND_ELEMENTS values. On a GPU memory
+# is rarely short and every band costs kernel launches, so its bands are much larger.
 BAND_ELEMENTS = 1 << 23
+GPU_BAND_ELEMENTS = 1 << 28
 MIN_BAND_ROWS = 16
 
 
@@ -40,6 +42,8 @@ def fast_path_active() -> bool:
     """True when the modules should use these kernels: enabled, no autograd, not tracing for export."""
     if not _enabled or torch.is_grad_enabled():
         return False
+    if torch.compiler.is_compiling():
+        return True
     return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
 
 
@@ -74,42 +78,67 @@ def nhwc(x: torch.Tensor) -> torch.Tensor:
 
 
 def layer_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``LayerNorm2d`` over the channels of a channels-last map; the result is channels-last."""
+    """``LayerNorm2d`` over the channels of a channels-last map, returned as ``[N, H, W, C]`` (contiguous)."""
     body = norm.body
-    y = F.layer_norm(nhwc(x), (x.shape[1],), body.weight, body.bias, 1e-5)
-    return y.permute(0, 3, 1, 2)
+    return F.layer_norm(nhwc(x), (x.shape[1],), body.weight, body.bias, 1e-5)
 
 
-def band_rows(width: int, channels: int, batch: int) -> int:
-    return max(MIN_BAND_ROWS, BAND_ELEMENTS // max(1, batch * width * channels))
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1 conv as one matrix product on ``[..., C_in]`` rows (``weight``: [C_out, C_in, 1, 1])."""
+    weight = weight.flatten(1)
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def band_rows(x: torch.Tensor, channels: int) -> int:
+    """Rows per band for a map like ``x`` [N, C, H, W] whose band products are ``channels`` wide."""
+    budget = BAND_ELEMENTS if x.device.type == "cpu" else GPU_BAND_ELEMENTS
+    return max(MIN_BAND_ROWS, budget // max(1, x.shape[0] * x.shape[3] * channels))
 
 
 def conv_bands(
-    x: torch.Tensor, norm: nn.Module, pointwise: nn.Conv2d, depthwise: nn.Conv2d, parts: int, rows: int
+    x: torch.Tensor, norm: nn.Module, parts: list[tuple[torch.Tensor, torch.Tensor]], rows: int
 ) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
-    """``depthwise(pointwise(norm(x)))`` band by band, its channels cut in ``parts`` equal parts.
+    """``depthwise(pointwise(norm(x)))`` band by band, for each ``(pointwise, depthwise)`` weight pair.
 
-    Yields ``(r0, r1, parts)``: image rows ``r0:r1``, each part as a contiguous ``[N, (r1-r0)*W, C']``
-    tensor. Each band is computed with one halo row above and below, so the depth-wise 3x3
-    conv sees the same neighbours as on the whole map; the halo rows' own outputs are dropped.
-    The parts (q|k|v, gelu-half|gate-half) are computed by separate convolutions with the
-    matching slices of the weights: element-wise work on contiguous tensors is ~4x faster
-    than on channel slices of one tensor.
+    Yields ``(r0, r1, outputs)``: image rows ``r0:r1``, one contiguous ``[N, (r1-r0)*W, C']``
+    tensor per part. Each band is computed with one halo row above and below, so the
+    depth-wise 3x3 conv sees the same neighbours as on the whole map; the halo rows' own
+    outputs are dropped. The parts (q|k|v, gelu-half|gate-half) are separate convolutions with
+    the matching slices of the module's weights: element-wise work on contiguous tensors is
+    ~4x faster than on channel slices of one tensor.
     """
     n, _, height, width = x.shape
-    step = pointwise.out_channels // parts
     for r0 in range(0, height, rows):
         r1 = min(r0 + rows, height)
         lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
-        normed = layer_norm(norm, x[:, :, lo:hi])
+        normed = layer_norm(norm, x[:, :, lo:hi])  # [N, rows + halo, W, C]
         outputs = []
-        for i in range(parts):
-            cut = slice(i * step, (i + 1) * step)
-            y = F.conv2d(normed, pointwise.weight[cut])
-            y = F.conv2d(y, depthwise.weight[cut], padding=1, groups=step)
+        for weight, depthwise in parts:
+            y = pointwise(normed, weight).permute(0, 3, 1, 2)  # channels-last [N, C', rows + halo, W]
+            y = F.conv2d(y, depthwise, padding=1, groups=depthwise.shape[0])
             y = channels_last(y[:, :, r0 - lo : r1 - lo])  # a no-op unless the batch has several samples
-            outputs.append(nhwc(y).reshape(n, (r1 - r0) * width, step))
+            outputs.append(nhwc(y).reshape(n, (r1 - r0) * width, y.shape[1]))
         yield r0, r1, outputs
+
+
+def split_weights(pointwise: nn.Conv2d, depthwise: nn.Conv2d, parts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (1x1, depth-wise) weight pairs of each of ``parts`` equal channel parts."""
+    step = pointwise.out_channels // parts
+    return [
+        (pointwise.weight[i * step : (i + 1) * step], depthwise.weight[i * step : (i + 1) * step])
+        for i in range(parts)
+    ]
+
+
+def padded_width(channels: int) -> int:
+    """The GDFN hidden width rounded up to a multiple of 16 (127 -> 128, 255 -> 256, 42 -> 48)."""
+    return -(-channels // 16) * 16
+
+
+def _pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.cat([weight, weight.new_zeros(rows - weight.shape[0], *weight.shape[1:])]) if rows > weight.shape[0] else weight
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,8 +197,8 @@ def mdta_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     n, c, height, width = x.shape
     acc = _GramAccumulator(n, c, attn.heads, x)
     values = None
-    rows = band_rows(width, 3 * c, n)
-    for r0, r1, (q, k, v) in conv_bands(x, block.norm1, attn.qkv, attn.qkv_dwconv, 3, rows):
+    rows = band_rows(x, 3 * c)
+    for r0, r1, (q, k, v) in conv_bands(x, block.norm1, split_weights(attn.qkv, attn.qkv_dwconv, 3), rows):
         acc.add(q, k)
         if values is None:
             values = torch.empty(n, height * width, c, dtype=v.dtype, device=v.device)
@@ -184,9 +213,9 @@ def topk_cross_attention(tcpm: nn.Module, query: torch.Tensor, key_value: torch.
     n, c, height, width = query.shape
     acc = _GramAccumulator(n, c, attn.heads, query)
     values = None
-    rows = band_rows(width, 3 * c, n)
-    q_bands = conv_bands(query, tcpm.norm1, attn.q, attn.q_dwconv, 1, rows)
-    kv_bands = conv_bands(key_value, tcpm.norm2, attn.kv, attn.kv_dwconv, 2, rows)
+    rows = band_rows(query, 3 * c)
+    q_bands = conv_bands(query, tcpm.norm1, split_weights(attn.q, attn.q_dwconv, 1), rows)
+    kv_bands = conv_bands(key_value, tcpm.norm2, split_weights(attn.kv, attn.kv_dwconv, 2), rows)
     for (r0, r1, (q,)), (_, _, (k, v)) in zip(q_bands, kv_bands, strict=True):
         acc.add(q, k)
         if values is None:
@@ -204,18 +233,27 @@ def topk_cross_attention(tcpm: nn.Module, query: torch.Tensor, key_value: torch.
 
 
 def gdfn_residual(norm: nn.Module, ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x + GDFN(norm(x))``, band by band into a new channels-last tensor."""
+    """``x + GDFN(norm(x))``, band by band into a new channels-last tensor.
+
+    The hidden width (``int(2.66 c)``: 127, 255, 510, 1021) is padded with zero channels to a
+    multiple of 16 (matrix products of odd widths are up to 4x slower): their 1x1 and
+    depth-wise weights are zero, so they hold gelu(0) * 0 = 0 and add exact zeros to
+    ``project_out``.
+    """
     n, c, height, width = x.shape
-    out = None
-    rows = band_rows(width, ffn.project_in.out_channels, n)
-    for r0, r1, (x1, x2) in conv_bands(x, norm, ffn.project_in, ffn.dwconv, 2, rows):
-        gated = F.gelu(x1).mul_(x2)
-        gated = gated.view(n, r1 - r0, width, -1).permute(0, 3, 1, 2)  # channels-last [N, hidden, rows, W]
-        y = nhwc(F.conv2d(gated, ffn.project_out.weight)).reshape(n, (r1 - r0) * width, c)
+    hidden = ffn.project_out.in_channels
+    wide = padded_width(hidden)
+    parts = [(_pad_rows(pw, wide), _pad_rows(dw, wide)) for pw, dw in split_weights(ffn.project_in, ffn.dwconv, 2)]
+    project_out = ffn.project_out.weight
+    if wide > hidden:
+        project_out = torch.cat([project_out, project_out.new_zeros(c, wide - hidden, 1, 1)], dim=1)
+    rows = band_rows(x, 2 * wide)
+    out = torch.empty(n, height * width, c, dtype=x.dtype, device=x.device)
+    for r0, r1, (x1, x2) in conv_bands(x, norm, parts, rows):
+        gated = F.gelu(x1).mul_(x2)  # [N, rows * W, hidden]
         residual = nhwc(x[:, :, r0:r1]).reshape(n, (r1 - r0) * width, c)
-        if out is None:
-            out = torch.empty(n, height * width, c, dtype=torch.result_type(residual, y), device=x.device)
-        torch.add(residual, y, out=out[:, r0 * width : r1 * width])
+        for i in range(n):  # residual + project_out(gated), written in place
+            torch.addmm(residual[i], gated[i], project_out.flatten(1).t(), out=out[i, r0 * width : r1 * width])
     return out.view(n, height, width, c).permute(0, 3, 1, 2)
 
 
@@ -253,14 +291,15 @@ def tcpm_query_key_value(
     The SE gather, ``conv1x1``, the text permutation and ``conv_out`` are one 1x1 conv for q
     (per sample: each sample has its own selection).
     """
-    x = channels_last(x)
+    x = nhwc(channels_last(x))  # [N, H, W, 2c]
     queries = []
     for i in range(x.shape[0]):
         with torch.autocast(x.device.type, enabled=False):  # fold the weights in float32
             weight, bias = _folded_query_weights(tcpm, indices, perm, i)
-        queries.append(F.conv2d(x[i : i + 1], weight.to(x.dtype)[:, :, None, None], bias.to(x.dtype)))
-    query = channels_last(torch.cat(queries)) if len(queries) > 1 else queries[0]
-    return query, tcpm.conv_out(x)
+        queries.append(pointwise(x[i], weight.to(x.dtype), bias.to(x.dtype)))
+    query = torch.stack(queries).permute(0, 3, 1, 2)
+    key_value = pointwise(x, tcpm.conv_out.weight, tcpm.conv_out.bias).permute(0, 3, 1, 2)
+    return query, key_value
 
 
 def tcpm_attention_ffn(tcpm: nn.Module, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,11 @@ from .blocks import conv1x1, float32_decisions, gather_channels, global_average_
 BACKBONE_INPUT_SIZE = (224, 224)
 
 
+def resize_for_backbone(s: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of the 3-channel projection to the backbone's 224x224 (no antialias)."""
+    return F.interpolate(s, BACKBONE_INPUT_SIZE, mode="bilinear", align_corners=False, antialias=False)
+
+
 class SCPM(nn.Module):
     """``w_f = w_c + alpha * sigmoid(w_s)``; keep ``topk(w_f, int(keep_ratio * C))`` channels.
 
@@ -54,9 +59,7 @@ class SCPM(nn.Module):
     def backbone_input(self, p: torch.Tensor) -> torch.Tensor:
         """``suo_conv(p)`` resized to 224x224 (whatever the aspect ratio): what the backbone sees."""
         with torch.no_grad(), float32_decisions(p):
-            return F.interpolate(
-                self.suo_conv(p.float()), BACKBONE_INPUT_SIZE, mode="bilinear", align_corners=False, antialias=False
-            )
+            return resize_for_backbone(self.suo_conv(p.float()))
 
     def scores(self, pooled: torch.Tensor, backbone_input: torch.Tensor | None) -> torch.Tensor:
         """``w_f`` [N, C] from ``GAP(p)`` [N, C] and the backbone's input (float32, even under autocast)."""

@@ -1,0 +1,77 @@
+"""``upfusion export-onnx OUT.onnx``: the fusion network as ONNX, checked with onnxruntime."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Exports the network of a checkpoint (default: the bundled default weights) to ONNX with
+dynamic batch, height and width, the checkpoint's prompt embedding baked in. Inputs "a" and
+"b": [N, 1, H, W] float32 luma in [0, 1], H and W multiples of 8 (pad the bottom and right by
+reflection, as `upfusion fuse` does); output "fused": [N, 1, H, W], unclamped (clamp to
+[0, 1], scale by 255 and round). Then runs the file with onnxruntime on random inputs of the
+--check sizes and prints the largest difference from PyTorch on each; exits 1 if one exceeds
+--tolerance. Needs the onnx extra: pip install 'upfusion[onnx]'.
+"""
+
+EPILOG = """\
+examples:
+  upfusion export-onnx upfusion-default.onnx
+  upfusion export-onnx paper.onnx --weights converted/upfusion.json --check 480x640 --tolerance 1e-3
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export-onnx",
+        help="export the network to ONNX (dynamic size) and check it with onnxruntime",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("output", metavar="OUT.onnx", help="the ONNX file to write (replaced atomically)")
+    p.add_argument("--weights", metavar="CHECKPOINT", help="checkpoint or bundled weights name (default: default)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument(
+        "--check",
+        nargs="*",
+        default=["96x64", "160x120", "256x256", "640x480"],
+        metavar="WxH",
+        help="sizes to compare onnxruntime with PyTorch on (default: 96x64 160x120 256x256 640x480; none to skip)",
+    )
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted difference (default 1e-4)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..benchmark import parse_size
+    from ..errors import UpfusionError
+    from ..fuse import resolve_weights
+    from ..onnx_export import check_onnx, export_onnx
+    from ..pretrained.checkpoint import load_network
+    from ..pretrained.extras import require
+
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        require(module, "onnx", "upfusion export-onnx")
+    try:
+        sizes = [parse_size(text) for text in args.check]
+    except ValueError as exc:
+        raise UpfusionError(f"--check: {exc}") from None
+    if any(h % 8 or w % 8 for h, w in sizes):
+        raise UpfusionError("--check: sizes must be multiples of 8")
+    checkpoint = resolve_weights(args.weights)
+    model, text = load_network(checkpoint, device="cpu")
+    torch.set_grad_enabled(False)
+    path = export_onnx(model, text, args.output, opset=args.opset)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) from {checkpoint}")
+    worst = 0.0
+    for check in check_onnx(path, model, text, sizes=tuple(sizes)):
+        worst = max(worst, check.max_abs_diff)
+        print(f"  {check.width}x{check.height}: max |onnxruntime - torch| = {check.max_abs_diff:.2e}")
+    if sizes and worst > args.tolerance:
+        raise UpfusionError(
+            f"{path}: onnxruntime differs from PyTorch by up to {worst:.2e}, more than --tolerance {args.tolerance:g}"
+        )
+    return 0

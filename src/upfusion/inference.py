@@ -1,0 +1,88 @@
+"""Running the network for inference: precision, TF32, ``torch.compile`` with a clean fallback.
+
+- ``inference_context(device, precision)``: ``torch.inference_mode`` (which also selects the
+  fast kernels of ``upfusion.model.fast_ops``), plus autocast for ``bf16``/``fp16``, or TF32
+  switched off for ``fp32`` on CUDA (TF32 would move the hard channel selections, spec section 6).
+  Under autocast the channel scores behind every top-k selection are still computed in float32.
+- ``maybe_compile(model)``: ``torch.compile`` when it works here, else the eager model and a
+  warning (no compiler, an unsupported platform, or a failure on the first call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def tf32_disabled() -> Iterator[None]:
+    """float32 matrix products and convolutions in full float32 on CUDA (restored afterwards)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def inference_context(device: torch.device | str, precision: str = "fp32") -> Iterator[None]:
+    """Inference mode in ``precision`` (``fp32``, ``bf16`` or ``fp16``) on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+    device = torch.device(device)
+    dtype = PRECISIONS[precision]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode())
+        if dtype is not None:
+            stack.enter_context(torch.autocast(device.type, dtype=dtype))
+        elif device.type == "cuda":
+            stack.enter_context(tf32_disabled())
+        yield
+
+
+class _CompiledOrEager:
+    """Calls the compiled model; if compiling or running it fails, warns once and stays eager."""
+
+    def __init__(self, model: torch.nn.Module, compiled: Callable[..., Any]) -> None:
+        self.model = model
+        self.compiled: Callable[..., Any] | None = compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # the compiler's failures have no common type
+                warnings.warn(
+                    f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                    "running the model without it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.compiled = None
+        return self.model(*args, **kwargs)
+
+    @property
+    def is_compiled(self) -> bool:
+        return self.compiled is not None
+
+
+def maybe_compile(model: torch.nn.Module, mode: str | None = None) -> _CompiledOrEager:
+    """``torch.compile(model)`` behind a fallback to the eager model (checked on the first call).
+
+    Compilation happens on the first call for each input shape and can take minutes on a CPU;
+    it pays on GPUs (fused element-wise kernels, fewer launches), rarely on CPUs.
+    """
+    try:
+        compiled = torch.compile(model, mode=mode, dynamic=False)
+    except Exception as exc:
+        warnings.warn(f"torch.compile is not available here ({exc}); running eagerly", RuntimeWarning, stacklevel=2)
+        compiled = None
+    return _CompiledOrEager(model, compiled)

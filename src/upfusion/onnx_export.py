@@ -1,0 +1,116 @@
+"""The network as an ONNX model (dynamic batch, height and width), checked against PyTorch with onnxruntime.
+
+The exported graph takes ``a`` and ``b`` ([N, 1, H, W] float32 in [0, 1], H and W multiples
+of 8: pad at the bottom and right as ``upfusion fuse`` does) and returns the unclamped fused
+luma ``fused`` [N, 1, H, W]. The checkpoint's prompt embedding is baked in as a constant.
+The graph is the specification's arithmetic (``plain_arithmetic``), not the PyTorch inference
+kernels, which cut the image in row bands whose count depends on its size.
+
+Needs the ``onnx`` extra (onnx, onnxscript, onnxruntime): ``pip install 'upfusion[onnx]'``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UpfusionError
+from .model import UPFusion
+from .model.fast_ops import plain_arithmetic
+from .pretrained.extras import require
+
+DEFAULT_OPSET = 18
+EXPORT_SIZE = (64, 96)  # the example input's height and width (any multiple of 8 works afterwards)
+
+
+class FixedPromptFusion(nn.Module):
+    """``model(a, b, text)`` with the text embedding held as a buffer: the exported graph's two inputs."""
+
+    def __init__(self, model: UPFusion, text: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("text", text.reshape(1, -1).float().clone())
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.model(a, b, self.text)
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """onnxruntime against PyTorch on one input size."""
+
+    height: int
+    width: int
+    batch: int
+    max_abs_diff: float
+
+
+def export_onnx(model: UPFusion, text: torch.Tensor, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Writes ``model`` (with ``text`` baked in) to ``path`` as ONNX; dynamic batch, height and width.
+
+    The file is written under a temporary name and renamed into place; the weights are stored
+    inside the ``.onnx`` file (no external data).
+    """
+    require("onnx", "onnx", "ONNX export")
+    require("onnxscript", "onnx", "ONNX export")
+    path = Path(path)
+    wrapper = FixedPromptFusion(model.cpu().eval(), text.cpu()).eval()
+    height, width = EXPORT_SIZE
+    example = (torch.rand(1, 1, height, width), torch.rand(1, 1, height, width))
+    batch = torch.export.Dim("batch", min=1, max=64)
+    rows = torch.export.Dim("rows", min=1, max=2048)  # H = 8 * rows: the network needs multiples of 8
+    cols = torch.export.Dim("cols", min=1, max=2048)
+    shape = {0: batch, 2: 8 * rows, 3: 8 * cols}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        tmp_path = Path(tmp) / path.name
+        with plain_arithmetic(), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                program = torch.onnx.export(
+                    wrapper,
+                    example,
+                    dynamo=True,
+                    input_names=["a", "b"],
+                    output_names=["fused"],
+                    dynamic_shapes={"a": shape, "b": shape},
+                    opset_version=opset,
+                    external_data=False,
+                    optimize=True,
+                )
+            except Exception as exc:
+                raise UpfusionError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+            program.save(str(tmp_path), external_data=False)
+        tmp_path.replace(path)
+    return path
+
+
+def check_onnx(
+    path: str | Path,
+    model: UPFusion,
+    text: torch.Tensor,
+    sizes: tuple[tuple[int, int], ...] = ((64, 96), (120, 160), (256, 256), (480, 640)),
+    batch: int = 1,
+    seed: int = 0,
+) -> list[OnnxCheck]:
+    """Runs the ONNX file with onnxruntime (CPU) and PyTorch (the plain arithmetic) on random inputs of ``sizes``."""
+    ort = require("onnxruntime", "onnx", "checking the ONNX export")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    model = model.cpu().eval()
+    text = text.cpu().reshape(1, -1)
+    checks = []
+    for height, width in sizes:
+        a = torch.rand(batch, 1, height, width, generator=generator)
+        b = torch.rand(batch, 1, height, width, generator=generator)
+        (onnx_out,) = session.run(["fused"], {"a": a.numpy(), "b": b.numpy()})
+        with plain_arithmetic(), torch.no_grad():
+            torch_out = model(a, b, text).numpy()
+        checks.append(OnnxCheck(height, width, batch, float(np.abs(onnx_out - torch_out).max())))
+    return checks
