@@ -24,13 +24,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .errors import UpfusionError
 
 COMPAT_LABELS = {
@@ -121,20 +121,12 @@ def _format(value: float, digits: int) -> str:
 
 
 def _write_atomic(path: Path | str, text: str) -> None:
-    """Writes a text file under a temporary name in the same folder, then renames it over ``path``."""
+    """Writes a text file atomically; a missing folder is a one-line error."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise UpfusionError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, text)
 
 
 @dataclass

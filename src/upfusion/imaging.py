@@ -374,7 +374,7 @@ def encode_image(image: FusedImage, suffix: str) -> bytes:
 
 def write_image(path: str | Path, image: FusedImage) -> None:
     """Encodes ``image`` by ``path``'s extension and writes it atomically (temporary name, then rename)."""
-    from .pretrained.checkpoint import atomic_write_bytes
+    from .atomic import write_bytes_atomic as atomic_write_bytes
 
     path = Path(path)
     data = encode_image(image, path.suffix)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .atomic import write_bytes_atomic
 from .errors import UpfusionError
 
 if TYPE_CHECKING:
@@ -327,22 +326,4 @@ def picture_grid(
 # ---------------------------------------------------------------------------- writing
 
 
-def write_atomic(path: Path | str, data: bytes) -> None:
-    """Writes ``data`` under a temporary name in the same folder, then renames it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+write_atomic = write_bytes_atomic

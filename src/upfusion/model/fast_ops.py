@@ -248,12 +248,15 @@ def gdfn_residual(norm: nn.Module, ffn: nn.Module, x: torch.Tensor) -> torch.Ten
     if wide > hidden:
         project_out = torch.cat([project_out, project_out.new_zeros(c, wide - hidden, 1, 1)], dim=1)
     rows = band_rows(x, 2 * wide)
-    out = torch.empty(n, height * width, c, dtype=x.dtype, device=x.device)
+    out = None
     for r0, r1, (x1, x2) in conv_bands(x, norm, parts, rows):
         gated = F.gelu(x1).mul_(x2)  # [N, rows * W, hidden]
         residual = nhwc(x[:, :, r0:r1]).reshape(n, (r1 - r0) * width, c)
-        for i in range(n):  # residual + project_out(gated), written in place
-            torch.addmm(residual[i], gated[i], project_out.flatten(1).t(), out=out[i, r0 * width : r1 * width])
+        if out is None:  # (under autocast: the dtype the plain path's x + GDFN(...) would have)
+            out = torch.empty(n, height * width, c, dtype=torch.promote_types(x.dtype, gated.dtype), device=x.device)
+        weight = project_out.flatten(1).t().to(out.dtype)
+        for i in range(n):  # residual + project_out(gated), written in place (out= is outside autocast)
+            torch.addmm(residual[i].to(out.dtype), gated[i].to(out.dtype), weight, out=out[i, r0 * width : r1 * width])
     return out.view(n, height, width, c).permute(0, 3, 1, 2)
 
 

@@ -1,0 +1,35 @@
+"""Atomic file writes: a temporary name in the same folder, then a rename over the target.
+
+A reader (or a resumed run) never sees a half-written file, and a failure leaves the old file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically, with the usual permissions (0666 less the umask)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """``write_bytes_atomic`` for UTF-8 text (newlines written as given)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
