@@ -29,11 +29,12 @@ tile's inner edges (the two weights sum to one across an overlap), so no seam is
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import torch
 
-from .model import SharedStatistics, UPFusion
+from .model import ModelConfig, SharedStatistics, UPFusion
 from .model.scpm import resize_for_backbone
 
 ALIGN = 8  # tiles start and end on multiples of 8, so the three 2x down-samplings line up with the image's
@@ -224,3 +225,67 @@ def tiled_forward(
             if progress is not None:
                 progress()
     return out / total
+
+
+# --------------------------------------------------------------------------------------------
+# when to tile: a peak-memory estimate of the inference kernels, fitted to measured peaks
+# (benchmarks/bench_inference.py --memory); it over-estimates rather than under-estimates.
+
+BYTES_PER_PIXEL_AND_CHANNEL = {"cpu": 60.0, "cuda": 150.0}  # x dim (C), float32 activations
+BAND_BYTES = {"cpu": 400 * 2**20, "cuda": 4 * 2**30}  # row-band temporaries, independent of the image size
+
+
+def estimate_peak_bytes(config: ModelConfig, height: int, width: int, batch: int = 1, device_type: str = "cpu") -> int:
+    """Activation memory of one forward pass (weights and the PyTorch runtime not included)."""
+    kind = "cpu" if device_type == "cpu" else "cuda"
+    per_pixel = BYTES_PER_PIXEL_AND_CHANNEL[kind] * config.dim
+    return int(batch * height * width * per_pixel + BAND_BYTES[kind])
+
+
+def available_memory_bytes(device: torch.device | str = "cpu") -> int | None:
+    """Memory free for activations now: CUDA's free memory, or the OS's MemAvailable (None if unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def plan_tile(
+    config: ModelConfig,
+    height: int,
+    width: int,
+    batch: int = 1,
+    device: torch.device | str = "cpu",
+    budget_bytes: int | None = None,
+    fraction: float = 0.7,
+) -> int | None:
+    """The tile size to use for a ``height x width`` image, or None when the whole image fits.
+
+    ``budget_bytes`` defaults to ``fraction`` of the memory available now. The tile is the
+    largest multiple of 64 (at least 256) whose estimate fits the budget.
+    """
+    device_type = torch.device(device).type
+    if budget_bytes is None:
+        available = available_memory_bytes(device)
+        if available is None:
+            return None
+        budget_bytes = int(available * fraction)
+    if estimate_peak_bytes(config, height, width, batch, device_type) <= budget_bytes:
+        return None
+    tile = 256
+    while (
+        tile + 64 < max(height, width)
+        and estimate_peak_bytes(config, tile + 64, tile + 64, batch, device_type) <= budget_bytes
+    ):
+        tile += 64
+    return tile

@@ -127,8 +127,7 @@ def split_weights(pointwise: nn.Conv2d, depthwise: nn.Conv2d, parts: int) -> lis
     """The (1x1, depth-wise) weight pairs of each of ``parts`` equal channel parts."""
     step = pointwise.out_channels // parts
     return [
-        (pointwise.weight[i * step : (i + 1) * step], depthwise.weight[i * step : (i + 1) * step])
-        for i in range(parts)
+        (pointwise.weight[i * step : (i + 1) * step], depthwise.weight[i * step : (i + 1) * step]) for i in range(parts)
     ]
 
 
@@ -138,7 +137,11 @@ def padded_width(channels: int) -> int:
 
 
 def _pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.cat([weight, weight.new_zeros(rows - weight.shape[0], *weight.shape[1:])]) if rows > weight.shape[0] else weight
+    return (
+        torch.cat([weight, weight.new_zeros(rows - weight.shape[0], *weight.shape[1:])])
+        if rows > weight.shape[0]
+        else weight
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,9 +160,14 @@ class _GramAccumulator:
     def add(self, q: torch.Tensor, k: torch.Tensor) -> None:
         """q, k: [N, P, c] (P pixels of one band)."""
         d = self.d
-        for h in range(self.heads):
-            qh, kh = q[:, :, h * d : (h + 1) * d], k[:, :, h * d : (h + 1) * d]
-            self.gram[:, h] += torch.bmm(qh.transpose(1, 2), kh).float()
+        # fp16 (autocast) would overflow summing ~1e5 products of unnormalised q and k: sum in float32
+        wide = q.dtype == torch.float16
+        with torch.autocast(q.device.type, enabled=False) if wide else contextlib.nullcontext():
+            if wide:
+                q, k = q.float(), k.float()
+            for h in range(self.heads):
+                qh, kh = q[:, :, h * d : (h + 1) * d], k[:, :, h * d : (h + 1) * d]
+                self.gram[:, h] += torch.bmm(qh.transpose(1, 2), kh).float()
         self.q_sq += q.float().square().sum(dim=1)
         self.k_sq += k.float().square().sum(dim=1)
 
