@@ -39,5 +39,12 @@ demo: $(STAMP)
 	done
 	@echo "demo_out/: fused images, grid.png and table.md for each kind of pair"
 
+# Speed and peak memory of the bundled weights and the paper preset at 640x480 (fast and plain
+# arithmetic), as a markdown table and JSON in bench_out/ (docs/performance.md has the full tables).
+bench: $(STAMP)
+	@mkdir -p bench_out
+	$(VENV)/bin/upfusion bench --preset default paper --size 640x480 --arithmetic fast plain \
+	  --device cpu --runs 3 --markdown bench_out/bench.md --json bench_out/bench.json
+
 clean:
-	rm -rf $(VENV) demo_out build dist src/*.egg-info
+	rm -rf $(VENV) demo_out bench_out build dist src/*.egg-info

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 ARITHMETIC = ("fast", "plain")
 
@@ -42,7 +43,7 @@ class BenchCase:
 
     @property
     def label(self) -> str:
-        return self.weights or self.preset
+        return Path(self.weights).stem if self.weights else self.preset
 
 
 @dataclass

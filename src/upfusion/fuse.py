@@ -10,7 +10,6 @@ Classic methods (``upfusion.baselines``) run through the same pipeline: ``load(m
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -23,10 +22,10 @@ from PIL import Image
 from . import imaging
 from .errors import UpfusionError
 from .imaging import FusedImage, SourceImage
+from .inference import PRECISIONS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = "default"
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COLOR_FROM = ("auto", "a", "b", "none")
 
 ImageLike = str | Path | np.ndarray | Image.Image | SourceImage
@@ -153,12 +152,17 @@ class Fuser:
         device: torch.device | str = "cpu",
         precision: str = "fp32",
         name: str = "",
+        tile: int | str | None = "auto",
+        overlap: int = 64,
     ) -> None:
         self.device = torch.device(device)
         self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.text = text.to(self.device)
         self.name = name
+        self.tile = check_tile(tile, overlap)
+        self.overlap = overlap
+        self._told: set[tuple[int, int]] = set()  # sizes already announced as tiled
 
     def __repr__(self) -> str:
         where = f"device={str(self.device)!r}, precision={self.precision!r}"
@@ -232,27 +236,56 @@ class Fuser:
         fused = self._run_network(a, b)
         return fused[:, 0, :height, :width].float().cpu().numpy()
 
+    def tile_for(self, batch: int, height: int, width: int) -> int | None:
+        """The tile size for a padded ``batch x height x width`` call, or None for one whole-image pass.
+
+        ``tile="auto"`` tiles only when the whole image would not fit in the memory free now
+        (``upfusion.tiling.plan_tile``), and says so once per size.
+        """
+        from .tiling import plan_tile
+
+        if self.tile is None:
+            return None
+        if self.tile != "auto":
+            return int(self.tile) if max(height, width) > int(self.tile) else None
+        tile = plan_tile(self.model.config, height, width, batch, self.device)
+        if tile is not None and (height, width) not in self._told:
+            self._told.add((height, width))
+            warnings.warn(
+                f"a {width}x{height} image would not fit in the free memory in one pass: fusing it in "
+                f"{tile}x{tile} tiles (set tile= / --tile to choose, 0 for never)",
+                UserWarning,
+                stacklevel=4,
+            )
+        return tile
+
     def _run_network(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The network on padded ``[N, 1, H8, W8]`` tensors, in this fuser's precision."""
-        dtype = PRECISIONS[self.precision]
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.inference_mode())
-            if dtype is not None:
-                stack.enter_context(torch.autocast(self.device.type, dtype=dtype))
-            elif self.device.type == "cuda":
-                stack.enter_context(_tf32_off())
-            return self.model(a, b, self.text).float()
+        """The network on padded ``[N, 1, H8, W8]`` tensors, in this fuser's precision, tiled when needed."""
+        from .inference import inference_context
+        from .tiling import tiled_forward
+
+        tile = self.tile_for(a.shape[0], a.shape[-2], a.shape[-1])
+        with inference_context(self.device, self.precision):
+            if tile is None:
+                return self.model(a, b, self.text).float()
+            return tiled_forward(self.model, a, b, self.text, tile=tile, overlap=min(self.overlap, tile // 2))
 
 
-@contextlib.contextmanager
-def _tf32_off():
-    """float32 as the reference computes it: TF32 would move the hard channel selections (spec section 6)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+def check_tile(tile: int | str | None, overlap: int = 64) -> int | str | None:
+    """``tile`` as the fuser uses it: ``"auto"``, None (never tile) or a tile side (multiple of 8, >= 64)."""
+    if tile == "auto" or tile is None:
+        return tile
     try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        size = int(tile)
+    except (TypeError, ValueError):
+        raise UpfusionError(f"tile must be 'auto', 0 (never) or a size in pixels, not {tile!r}") from None
+    if size == 0:
+        return None
+    if size < 64 or size % 8:
+        raise UpfusionError(f"tile must be a multiple of 8 and at least 64 pixels, not {size}")
+    if overlap < 0 or overlap % 8 or overlap > size // 2:
+        raise UpfusionError(f"overlap must be a multiple of 8 in [0, tile / 2], not {overlap} (tile {size})")
+    return size
 
 
 class BaselineFuser(Fuser):
@@ -303,6 +336,8 @@ def load(
     precision: str | None = None,
     *,
     method: str = "upfusion",
+    tile: int | str | None = "auto",
+    overlap: int = 64,
 ) -> Fuser:
     """A ready ``Fuser``.
 
@@ -312,7 +347,9 @@ def load(
     ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (autocast; fp16 on CUDA only,
     bf16 on the CPU works but is slower than fp32). ``method``: ``"upfusion"`` (the network) or
     the name of a classic method in ``upfusion.baselines`` (then weights, device and precision
-    are not used).
+    are not used). ``tile``: ``"auto"`` (default: tiled only when an image would not fit in
+    the free memory), 0 or None (never), or a tile side in pixels (multiple of 8); ``overlap``:
+    pixels shared by neighbouring tiles (``upfusion.tiling``).
     """
     if method != "upfusion":
         return load_baseline(method)
@@ -321,5 +358,8 @@ def load(
     checkpoint = resolve_weights(name_or_path)
     torch_device = resolve_device(device)
     precision = check_precision(precision, torch_device, warn=False)  # fail before loading weights
+    check_tile(tile, overlap)
     model, text = load_network(checkpoint, device=torch_device)
-    return Fuser(model, text, torch_device, precision, name=str(name_or_path or DEFAULT_WEIGHTS))
+    return Fuser(
+        model, text, torch_device, precision, name=str(name_or_path or DEFAULT_WEIGHTS), tile=tile, overlap=overlap
+    )

@@ -62,7 +62,8 @@ def export_onnx(model: UPFusion, text: torch.Tensor, path: str | Path, opset: in
     path = Path(path)
     wrapper = FixedPromptFusion(model.cpu().eval(), text.cpu()).eval()
     height, width = EXPORT_SIZE
-    example = (torch.rand(1, 1, height, width), torch.rand(1, 1, height, width))
+    # a batch of 2: torch.export would fix a dimension of size 1 to 1
+    example = (torch.rand(2, 1, height, width), torch.rand(2, 1, height, width))
     batch = torch.export.Dim("batch", min=1, max=64)
     rows = torch.export.Dim("rows", min=1, max=2048)  # H = 8 * rows: the network needs multiples of 8
     cols = torch.export.Dim("cols", min=1, max=2048)

@@ -48,9 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch", nargs="+", type=int, default=[1], metavar="N", help="pairs per call (default 1)")
     p.add_argument("--device", nargs="+", default=["auto"], metavar="DEV", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument(
-        "--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"], help="default fp32"
-    )
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"], help="default fp32")
     p.add_argument(
         "--arithmetic", nargs="+", default=["fast"], choices=["fast", "plain"], help="default fast (see above)"
     )

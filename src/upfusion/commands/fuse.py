@@ -36,6 +36,7 @@ hashes to its rank, so each pair is fused exactly once:
 examples:
   upfusion fuse --vis MSRS/vi --ir MSRS/ir --out fused/
   upfusion fuse --mri mri.png --pet pet.png --out fused/ --format png
+  upfusion fuse --vis big_vis.png --ir big_ir.png --out fused/ --tile 1024
   upfusion fuse --a a/ --b b/ --out out/ --weights runs/exp1/best.json --device cuda --precision bf16
 """
 
@@ -132,6 +133,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=2,
         metavar="N",
         help="threads reading and writing images while the network runs (default 2)",
+    )
+    p.add_argument(
+        "--tile",
+        default="auto",
+        metavar="auto|0|SIZE",
+        help="fuse large images in SIZE x SIZE tiles that share the whole image's statistics (a multiple "
+        "of 8, >= 64); auto (default): only when an image would not fit in the free memory; 0: never",
+    )
+    p.add_argument(
+        "--overlap", type=int, default=64, metavar="PX", help="pixels shared by neighbouring tiles (default 64)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="print each file written")
@@ -245,7 +256,9 @@ def _run(args: argparse.Namespace, rank: Any, who: str) -> int:
     written = 0
     if todo:
         if args.method == "upfusion":
-            fuser = load(args.weights, device=args.device, precision=args.precision)
+            fuser = load(
+                args.weights, device=args.device, precision=args.precision, tile=args.tile, overlap=args.overlap
+            )
         else:
             fuser = load(method=args.method)
         with tqdm(total=len(todo), desc=who, unit="pair", disable=args.quiet, position=rank.rank) as progress:

@@ -1,22 +1,28 @@
-"""Inference kernels: the same arithmetic as the modules' own ``forward``, in less time and memory.
+"""Inference kernels: the same function as the modules' own ``forward``, in less time and memory.
 
-The modules in this package compute exactly the formulas of the specification (the "plain"
+The modules in this package compute the formulas of the specification literally (the "plain"
 path, which training and ONNX export use). Without autograd, ``TransformerBlock`` and
 ``TCPM`` hand their work to the functions below instead. They compute the same function,
 re-associated, and agree with the plain path to float32 rounding (~1e-6):
 
-- activations in channels-last layout (the CPU convolutions are ~3x faster in it), so the
-  per-pixel LayerNorm is ``F.layer_norm`` on a free ``[N, H, W, C]`` view;
-- the network is walked in row bands: LayerNorm, 1x1 conv and depth-wise 3x3 conv (with one
-  halo row each side) of one band at a time, so the 3c-wide q|k|v map and the 2*2.66c-wide
-  GDFN map never exist at full size;
+- activations are channels-last: the per-pixel LayerNorm is ``F.layer_norm`` on a free
+  ``[N, H, W, C]`` view, every 1x1 conv is one matrix product on those rows, and the
+  depth-wise 3x3 convs run in oneDNN's fast channels-last kernels;
+- the map is walked in row bands: LayerNorm, 1x1 conv and depth-wise 3x3 conv of one band at
+  a time (one halo row each side), so the 3c-wide q|k|v and the 2 x 2.66c-wide GDFN maps never
+  exist at full size, and each band's work stays in cache;
+- q|k|v and the two GDFN halves are separate products (contiguous operands for GELU and the
+  gate), the GDFN hidden width is padded with zero channels to a multiple of 16 (127 -> 128:
+  products of odd widths are up to 4x slower), adding exact zeros;
 - the channel attention is kept as one d x d Gram matrix per head, accumulated over the
-  bands; L2 normalisation divides the Gram matrix by the norms instead of normalising q and k;
-- ``project_out(attn @ v)`` is one matrix product with ``project_out.weight @ blockdiag(attn)``,
-  and the residual is added by that same product (``baddbmm``).
+  bands; the L2 normalisation divides the Gram matrix by the norms instead of normalising q
+  and k; ``project_out(attn @ v)`` is one product with ``project_out.weight @ blockdiag(attn)``,
+  which also adds the residual;
+- in TCPM the SE gather, ``conv1x1``, the text permutation and ``conv_out`` fold into one
+  1x1 conv for q.
 
-The SCPM and TCPM channel selections are not touched here: their inputs are computed by
-the same code in both paths (spec section 6 explains why that matters).
+The SCPM and TCPM channel selections are made by the modules themselves, from inputs computed
+by the same code in both paths (spec section 6 explains why that matters).
 """
 
 from __future__ import annotations

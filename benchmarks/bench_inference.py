@@ -1,0 +1,265 @@
+"""Inference speed, memory and exactness: the tables of docs/performance.md.
+
+    python benchmarks/bench_inference.py speed       [--presets paper default] [--sizes 640x480] [--runs 3]
+    python benchmarks/bench_inference.py exactness   # fast vs plain arithmetic, on real images
+    python benchmarks/bench_inference.py tiling      # tiled vs whole-image inference, on real images
+    python benchmarks/bench_inference.py precision   # bf16 / fp16 autocast vs fp32
+    python benchmarks/bench_inference.py large       # a 3840x2160 pair, tiled
+
+"fast" is the inference path (``upfusion.model.fast_ops``), "plain" the specification's
+formulas computed literally (the reference arithmetic, kept for comparison and export). Each
+speed configuration runs in a fresh process (``upfusion.benchmark.run_isolated``) so that its
+peak memory is its own. Real image pairs come from ../shared/data (see its MANIFEST.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from upfusion import imaging
+from upfusion.benchmark import BenchCase, machine_description, markdown_table, parse_size, run_isolated
+from upfusion.fuse import WEIGHTS_DIR
+from upfusion.model import SCPM, TCPM
+from upfusion.model.fast_ops import plain_arithmetic
+from upfusion.pretrained.checkpoint import load_network
+from upfusion.tiling import tile_windows, tiled_forward
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load_pairs(dataset: str, count: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, A, B) padded luma tensors [1, 1, H8, W8] of the first ``count`` pairs of a test split."""
+    folder = DATA / dataset / "test"
+    pairs = []
+    for path in sorted((folder / "vi").iterdir())[:count]:
+        a, b = imaging.read_image(path).luma(), imaging.read_image(folder / "ir" / path.name).luma()
+        pairs.append((path.name, *(torch.from_numpy(imaging.pad_to_multiple(x[None]))[:, None] for x in (a, b))))
+    return pairs
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(255 * x.float().clamp(0, 1))
+
+
+def psnr_uint8(x: torch.Tensor, reference: torch.Tensor) -> float:
+    mse = ((to_uint8(x) - to_uint8(reference)) ** 2).mean().item()
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def default_weights():
+    return load_network(WEIGHTS_DIR / "default.json")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def speed(args: argparse.Namespace) -> None:
+    results = {}
+    cases = []
+    for preset in args.presets:
+        for size in args.sizes:
+            height, width = parse_size(size)
+            for arithmetic in ("plain", "fast"):
+                cases.append(
+                    BenchCase(preset=preset, height=height, width=width, arithmetic=arithmetic, threads=args.threads)
+                )
+    for case in cases:
+        print(f"... {case.preset} {case.width}x{case.height} {case.arithmetic}", file=sys.stderr, flush=True)
+        results[case] = run_isolated(case, runs=args.runs, warmup=1)
+    print(markdown_table(list(results.values())))
+    print("\n| model | size | plain latency (s) | fast latency (s) | speed-up | plain peak (MiB) | fast peak (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for case in cases:
+        if case.arithmetic != "fast":
+            continue
+        fast, plain = results[case], results[BenchCase(**{**case.__dict__, "arithmetic": "plain"})]
+        if fast.error or plain.error:
+            continue
+        print(
+            f"| {case.preset} | {case.width}x{case.height} | {plain.latency_s:.2f} | {fast.latency_s:.2f} "
+            f"| {plain.latency_s / fast.latency_s:.2f}x | {plain.peak_memory_bytes / 2**20:,.0f} "
+            f"| {fast.peak_memory_bytes / 2**20:,.0f} |"
+        )
+    print(f"\n{machine_description()}")
+
+
+class _Recorder:
+    """The TCPM SE selections made during one call."""
+
+    def __init__(self) -> None:
+        self.chosen: list[torch.Tensor] = []
+        self._original = TCPM.channel_selection
+
+    def __enter__(self):
+        recorder = self
+
+        def wrapped(module, pooled):
+            out = recorder._original(module, pooled)
+            recorder.chosen.append(out)
+            return out
+
+        TCPM.channel_selection = wrapped
+        return self
+
+    def __exit__(self, *exc):
+        TCPM.channel_selection = self._original
+
+
+def _separate(model: torch.nn.Module, std: float = 3.0) -> None:
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            layers = [module.fc[2]] if isinstance(module, SCPM) and module.fc is not None else []
+            if isinstance(module, TCPM):
+                layers += [module.text_fc[2]] + ([module.se_fc[2]] if module.se_fc is not None else [])
+            for layer in layers:
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+
+
+def _fast_vs_plain(model, text, a, b) -> tuple[float, float, int, int]:
+    with torch.inference_mode():
+        with _Recorder() as fast_choice:
+            fast = model(a, b, text)
+        with plain_arithmetic(), _Recorder() as plain_choice:
+            plain = model(a, b, text)
+    flipped = sum(int((f != p).any(dim=1).sum()) for f, p in zip(fast_choice.chosen, plain_choice.chosen, strict=True))
+    identical = (to_uint8(fast) == to_uint8(plain)).float().mean().item()
+    return (fast - plain).abs().max().item(), identical, flipped, len(fast_choice.chosen) * a.shape[0]
+
+
+def exactness(args: argparse.Namespace) -> None:
+    from upfusion.presets import build_model
+
+    print("| weights | image | max abs difference | identical uint8 pixels | TCPM selections that differ |")
+    print("|---|---|---|---|---|")
+    model, text = default_weights()
+    for name, a, b in load_pairs("msrs", args.count):
+        diff, identical, flipped, total = _fast_vs_plain(model, text, a, b)
+        print(f"| default (bundled) | MSRS {name} | {diff:.2e} | {100 * identical:.3f}% | {flipped} of {total} |")
+    for label, separate in (
+        ("paper preset, default-init SE/text MLPs", False),
+        ("paper preset, separated scores", True),
+    ):
+        torch.manual_seed(0)
+        model = build_model("paper").eval()  # random weights: the SE and text MLPs as the authors' release has them
+        if separate:
+            _separate(model)
+        text = torch.randn(1, 512)
+        for name, a, b in load_pairs("msrs", 2):
+            a, b = a[..., :240, :320], b[..., :240, :320]
+            diff, identical, flipped, total = _fast_vs_plain(model, text, a, b)
+            print(
+                f"| {label} | MSRS {name} (320x240 crop) | {diff:.2e} | {100 * identical:.3f}% | {flipped} of {total} |"
+            )
+
+
+def _tiles_without_sharing(model, text, a, b, tile, overlap):
+    """Tiled inference where every tile computes its own statistics (for comparison)."""
+    from upfusion.tiling import _ramps
+
+    _, _, height, width = a.shape
+    rows, cols = tile_windows(height, tile, overlap), tile_windows(width, tile, overlap)
+    out, total = torch.zeros_like(a), torch.zeros_like(a)
+    for (y0, y1), rr in zip(rows, _ramps(rows, a.device), strict=True):
+        for (x0, x1), cc in zip(cols, _ramps(cols, a.device), strict=True):
+            w = rr[:, None] * cc[None, :]
+            out[..., y0:y1, x0:x1] += model(a[..., y0:y1, x0:x1], b[..., y0:y1, x0:x1], text) * w
+            total[..., y0:y1, x0:x1] += w
+    return out / total
+
+
+def tiling(args: argparse.Namespace) -> None:
+    model, text = default_weights()
+    settings = [(512, 64), (512, 128), (768, 64), (384, 64), (256, 64)]
+    print(
+        "| image (LLVIP 1280x1024) | tile / overlap | statistics | tiles | max abs diff | mean abs diff | PSNR vs whole (dB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, a, b in load_pairs("llvip", args.count):
+        with torch.inference_mode():
+            whole = model(a, b, text)
+            for tile, overlap in settings:
+                count = len(tile_windows(a.shape[2], tile, overlap)) * len(tile_windows(a.shape[3], tile, overlap))
+                for label, fn in (("shared", tiled_forward), ("per tile", _tiles_without_sharing)):
+                    if label == "per tile" and (tile, overlap) != (512, 64):
+                        continue
+                    out = (
+                        fn(model, a, b, text, tile=tile, overlap=overlap)
+                        if label == "shared"
+                        else fn(model, text, a, b, tile, overlap)
+                    )
+                    d = (out - whole).abs()
+                    print(
+                        f"| {name} | {tile} / {overlap} | {label} | {count} | {d.max().item():.4f} "
+                        f"| {d.mean().item():.5f} | {psnr_uint8(out, whole):.2f} |",
+                        flush=True,
+                    )
+
+
+def precision(args: argparse.Namespace) -> None:
+    model, text = default_weights()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, text = model.to(device), text.to(device)
+    from upfusion.inference import inference_context
+
+    precisions = ["bf16", "fp16"]
+    crop = 256 if device.type == "cpu" else None  # autocast on this CPU is slow (no native bf16)
+    print("| image | device | precision | max abs diff vs fp32 | PSNR vs fp32 (uint8, dB) |")
+    print("|---|---|---|---|---|")
+    for name, a, b in load_pairs("msrs", args.count):
+        if crop:
+            a, b = a[..., :crop, :crop], b[..., :crop, :crop]
+        a, b = a.to(device), b.to(device)
+        with inference_context(device, "fp32"):
+            full = model(a, b, text).float()
+        for p in precisions:
+            with inference_context(device, p):
+                half = model(a, b, text).float()
+            size = f" ({crop}x{crop} crop)" if crop else ""
+            print(
+                f"| MSRS {name}{size} | {device.type} | {p} | {(half - full).abs().max().item():.4f} | {psnr_uint8(half, full):.2f} |"
+            )
+
+
+def large(args: argparse.Namespace) -> None:
+    from upfusion.presets import PRESETS
+    from upfusion.tiling import estimate_peak_bytes, plan_tile
+
+    height, width = 2160, 3840
+    for preset in args.presets:
+        config = PRESETS[preset]
+        tile = plan_tile(config, height, width) or args.tile
+        print(
+            f"{preset}: whole-image estimate {estimate_peak_bytes(config, height, width) / 2**30:.1f} GiB "
+            f"of activations; tile {tile}",
+            file=sys.stderr,
+        )
+        case = BenchCase(preset=preset, height=height, width=width, tile=args.tile or tile, overlap=64)
+        start = time.perf_counter()
+        result = run_isolated(case, runs=1, warmup=0)
+        print(markdown_table([result]))
+        print(f"(wall time including model build: {time.perf_counter() - start:.0f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["speed", "exactness", "tiling", "precision", "large"])
+    parser.add_argument("--presets", nargs="+", default=["paper", "default"])
+    parser.add_argument("--sizes", nargs="+", default=["640x480"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--count", type=int, default=2, help="image pairs per table")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--tile", type=int)
+    args = parser.parse_args()
+    print(f"<!-- {machine_description()} -->")
+    {"speed": speed, "exactness": exactness, "tiling": tiling, "precision": precision, "large": large}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""``upfusion bench``: a table and JSON of real measurements, one fresh process per configuration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from upfusion.benchmark import BenchCase, BenchResult, markdown_table, parse_size
+from upfusion.cli import main
+from upfusion.model import ModelConfig, UPFusion
+from upfusion.pretrained.checkpoint import save_checkpoint
+
+SMALL = ModelConfig(
+    dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 1, 2, 4), num_refinement_blocks=1, semantic_backbone=None, text_dim=16
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    text = np.random.default_rng(0).standard_normal(16).astype(np.float32)
+    folder = tmp_path_factory.mktemp("bench")
+    return save_checkpoint(UPFusion(SMALL), folder / "small", text_embedding=text, text_encoder="test", prompt="p")
+
+
+def test_bench_measures_each_configuration(checkpoint, tmp_path, capsys):
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    argv = [
+        "bench",
+        "--weights",
+        str(checkpoint),
+        "--size",
+        "64x48",
+        "32x32",
+        "--arithmetic",
+        "fast",
+        "plain",
+        "--device",
+        "cpu",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+        str(out_json),
+        "--markdown",
+        str(out_md),
+    ]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "small" in line]
+    assert len(rows) == 4  # 2 sizes x 2 arithmetic
+    data = json.loads(out_json.read_text())
+    assert data["machine"]["cpu_cores"] >= 1 and data["machine"]["torch"] == torch.__version__
+    results = data["results"]
+    assert {(r["case"]["width"], r["case"]["height"], r["case"]["arithmetic"]) for r in results} == {
+        (64, 48, "fast"),
+        (64, 48, "plain"),
+        (32, 32, "fast"),
+        (32, 32, "plain"),
+    }
+    for r in results:
+        assert r["error"] is None and len(r["latencies_s"]) == 2
+        assert r["latency_s"] == pytest.approx(float(np.median(r["latencies_s"])))
+        assert r["pairs_per_s"] == pytest.approx(1 / r["latency_s"])
+        assert r["peak_memory_bytes"] >= r["model_memory_bytes"] > 0
+    assert out_md.read_text().count("| small") == 4 and "Measured on" in out_md.read_text()
+
+
+def test_bench_tiled_batched_configuration(checkpoint, tmp_path):
+    out_json = tmp_path / "r.json"
+    argv = [
+        "bench",
+        "--weights",
+        str(checkpoint),
+        "--size",
+        "96x64",
+        "--batch",
+        "2",
+        "--tile",
+        "48",
+        "--overlap",
+        "16",
+        "--device",
+        "cpu",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        str(out_json),
+    ]
+    assert main(argv) == 0
+    (result,) = json.loads(out_json.read_text())["results"]
+    assert result["case"]["tile"] == 48 and result["case"]["batch"] == 2
+    assert result["pairs_per_s"] == pytest.approx(2 / result["latency_s"])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--size", "640by480"], "WIDTHxHEIGHT"),
+        (["--size", "100x100"], "multiples of 8"),
+        (["--device", "cpu", "--precision", "fp16"], "fp16 runs on CUDA"),
+        (["--weights", "/nonexistent/ckpt.json"], "/nonexistent/ckpt.json"),
+    ],
+)
+def test_bad_options_give_one_line_errors(args, message, capsys):
+    assert main(["bench", *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("upfusion bench: error:") and message in err[0]
+
+
+def test_a_failing_configuration_is_reported_not_fatal():
+    table = markdown_table(
+        [
+            BenchResult(
+                BenchCase(preset="x"),
+                latency_s=2.0,
+                latencies_s=[2.0],
+                pairs_per_s=0.5,
+                peak_memory_bytes=3 * 2**20,
+                model_memory_bytes=2**20,
+                threads=2,
+            ),
+            BenchResult(BenchCase(preset="y"), error="killed by signal 9 (out of memory?)"),
+        ]
+    )
+    lines = table.splitlines()
+    assert lines[2].startswith("| x | 640x480 | 1 | cpu | fp32 | fast | - | 2.000 | 0.500 | 3 | 1 | 2 |")
+    assert "error: killed by signal 9" in lines[3]
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_parse_size_is_width_by_height():
+    assert parse_size("640x480") == (480, 640)
+    with pytest.raises(ValueError):
+        parse_size("640")

@@ -1,0 +1,49 @@
+"""``upfusion.inference``: the precision context and torch.compile's clean fallback to eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from upfusion.inference import inference_context, maybe_compile
+
+
+def test_inference_context_turns_off_autograd_and_checks_the_precision():
+    x = torch.ones(2, requires_grad=True)
+    with inference_context("cpu", "fp32"):
+        assert torch.is_inference_mode_enabled() and not (x * 2).requires_grad
+    with inference_context("cpu", "bf16"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert not torch.is_inference_mode_enabled() and not torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        with inference_context("cpu", "fp8"):
+            pass
+
+
+def test_compile_failure_on_first_call_warns_once_and_runs_eagerly(monkeypatch):
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: broken)
+    model = torch.nn.Linear(3, 2)
+    wrapped = maybe_compile(model)
+    x = torch.randn(4, 3)
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: no C\+\+ compiler found\)"):
+        first = wrapped(x)
+    assert torch.equal(first, model(x)) and not wrapped.is_compiled
+    assert torch.equal(wrapped(x), model(x)) and len(calls) == 1  # not retried
+
+
+def test_compile_unavailable_falls_back_at_once(monkeypatch):
+    def unavailable(model, **kwargs):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    model = torch.nn.Linear(3, 2)
+    with pytest.warns(RuntimeWarning, match="not available here"):
+        wrapped = maybe_compile(model)
+    x = torch.randn(1, 3)
+    assert not wrapped.is_compiled and torch.equal(wrapped(x), model(x))

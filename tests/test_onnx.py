@@ -1,0 +1,105 @@
+"""ONNX export: dynamic sizes, onnxruntime agrees with PyTorch; the CLI; a clear message without the extra."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from upfusion.cli import main
+from upfusion.errors import UpfusionError
+from upfusion.model import ModelConfig, UPFusion
+from upfusion.pretrained.checkpoint import load_network, save_checkpoint
+
+SMALL = ModelConfig(
+    dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 1, 2, 4), num_refinement_blocks=1, semantic_backbone=None, text_dim=16
+)
+
+needs_onnx = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
+    reason="needs the onnx extra (onnx, onnxscript, onnxruntime)",
+)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small random checkpoint exported by ``upfusion export-onnx`` (one export serves every test)."""
+    from test_speed_equivalence import separate_scores
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("onnx")
+    text = np.random.default_rng(0).standard_normal(16).astype(np.float32)
+    record = save_checkpoint(
+        separate_scores(UPFusion(SMALL)).eval(), folder / "small", text_embedding=text, text_encoder="t", prompt="p"
+    )
+    path = folder / "out" / "small.onnx"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(["export-onnx", str(path), "--weights", str(record), "--check", "96x64", "48x40"])
+    model, stored_text = load_network(record)
+    return model, stored_text, path, record, status, printed.getvalue()
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_onnxruntime_matches_pytorch_on_several_sizes_and_batches(exported):
+    from upfusion.onnx_export import check_onnx
+
+    model, text, path = exported[:3]
+    checks = check_onnx(path, model, text, sizes=((64, 96), (40, 24), (120, 160), (16, 24)))
+    checks += check_onnx(path, model, text, sizes=((32, 48),), batch=3)
+    assert [(c.height, c.width, c.batch) for c in checks] == [
+        (64, 96, 1),
+        (40, 24, 1),
+        (120, 160, 1),
+        (16, 24, 1),
+        (32, 48, 3),
+    ]
+    # (at 8x8 the latent map is one pixel: every normalised q.k logit is +-1, and onnxruntime and
+    # PyTorch break the top-k ties differently, so that size is not compared)
+    assert max(c.max_abs_diff for c in checks) < 1e-4
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_exported_graph_has_two_dynamic_inputs_and_the_prompt_inside(exported):
+    import onnx
+
+    path = exported[2]
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["a", "b"]
+    assert [o.name for o in graph.output] == ["fused"]
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1] == 1 and all(isinstance(d, str) and d for d in (dims[0], dims[2], dims[3]))
+    assert not any(f.name.endswith(".tmp") for f in path.parent.iterdir())  # written by rename
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_export_onnx_command(exported, capsys):
+    _, _, path, record, status, printed = exported
+    assert status == 0 and path.is_file()
+    assert "96x64: max |onnxruntime - torch|" in printed and "48x40" in printed
+    assert main(["export-onnx", str(path), "--weights", str(record), "--check", "90x64"]) == 1
+    assert "multiples of 8" in capsys.readouterr().err
+
+
+def test_missing_extra_is_one_clear_line(monkeypatch):
+    import upfusion.pretrained.extras as extras
+
+    real = extras.importlib.import_module
+
+    def fake(name, *args):
+        if name.startswith("onnx"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(extras.importlib, "import_module", fake)
+    from upfusion.onnx_export import export_onnx
+
+    with pytest.raises(UpfusionError, match=r"upfusion\[onnx\]"):
+        export_onnx(UPFusion(SMALL), torch.randn(16), "unused.onnx")
