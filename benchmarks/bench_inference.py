@@ -5,6 +5,7 @@
     python benchmarks/bench_inference.py tiling      # tiled vs whole-image inference, on real images
     python benchmarks/bench_inference.py precision   # bf16 / fp16 autocast vs fp32
     python benchmarks/bench_inference.py large       # a 3840x2160 pair, tiled
+    python benchmarks/bench_inference.py profile     # where the time goes: top operators, plain vs fast
 
 "fast" is the inference path (``upfusion.model.fast_ops``), "plain" the specification's
 formulas computed literally (the reference arithmetic, kept for comparison and export). Each
@@ -247,9 +248,45 @@ def large(args: argparse.Namespace) -> None:
         print(f"(wall time including model build: {time.perf_counter() - start:.0f} s)")
 
 
+def profile(args: argparse.Namespace) -> None:
+    """The operators that take the most time (self CPU time), plain and fast, one call each."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from upfusion.model import fast_ops
+    from upfusion.presets import build_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for preset in args.presets:
+        for size in args.sizes:
+            height, width = parse_size(size)
+            torch.manual_seed(0)
+            model = build_model(preset).eval()
+            text = torch.randn(1, model.config.text_dim)
+            a, b = torch.rand(1, 1, height, width), torch.rand(1, 1, height, width)
+            for arithmetic in ("plain", "fast"):
+                fast_ops.set_fast_inference(arithmetic == "fast")
+                with torch.inference_mode():
+                    model(a, b, text)  # warm-up
+                    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                        model(a, b, text)
+                fast_ops.set_fast_inference(True)
+                events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+                total = sum(e.self_cpu_time_total for e in events)
+                print(f"\n**{preset} {width}x{height}, {arithmetic}**: {total / 1e6:.2f} s of operator time\n")
+                print("| operator | calls | self time (s) | share |")
+                print("|---|---:|---:|---:|")
+                for e in events[:8]:
+                    print(
+                        f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1e6:.2f} "
+                        f"| {100 * e.self_cpu_time_total / total:.0f}% |"
+                    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["speed", "exactness", "tiling", "precision", "large"])
+    parser.add_argument("what", choices=["speed", "exactness", "tiling", "precision", "large", "profile"])
     parser.add_argument("--presets", nargs="+", default=["paper", "default"])
     parser.add_argument("--sizes", nargs="+", default=["640x480"])
     parser.add_argument("--runs", type=int, default=3)
@@ -258,7 +295,9 @@ def main() -> None:
     parser.add_argument("--tile", type=int)
     args = parser.parse_args()
     print(f"<!-- {machine_description()} -->")
-    {"speed": speed, "exactness": exactness, "tiling": tiling, "precision": precision, "large": large}[args.what](args)
+    commands = {"speed": speed, "exactness": exactness, "tiling": tiling, "precision": precision, "large": large}
+    commands["profile"] = profile
+    commands[args.what](args)
 
 
 if __name__ == "__main__":

@@ -201,6 +201,7 @@ def test_size_mismatch_can_be_resized(tmp_path):
         "out replaces a source",
         "unknown method",
         "bad format",
+        "weights with a baseline",
     ],
 )
 def test_usage_errors(tmp_path, capsys, case):
@@ -220,6 +221,10 @@ def test_usage_errors(tmp_path, capsys, case):
         "out replaces a source": (["--a", a / "1.png", "--b", b / "1.png", "--out", a], "would replace its own source"),
         "unknown method": (["--a", a, "--b", b, "--method", "nope"], "unknown method 'nope'"),
         "bad format": (["--a", a / "odd.gif", "--b", b / "odd.png"], "cannot write '.gif' files"),
+        "weights with a baseline": (
+            ["--a", a, "--b", b, "--method", "average", "--weights", "x.json"],
+            "method 'average' takes no weights",
+        ),
     }[case]
     (tmp_path / "empty").mkdir()
     if "--out" not in args:

@@ -225,6 +225,19 @@ def test_bmp_jpeg_tiff_round_trips(tmp_path):
     assert back.shape == rgb.shape and np.abs(back - rgb).mean() < 12  # lossy, quality 95
 
 
+def test_exif_orientation_turns_camera_photos_upright(tmp_path):
+    pixels = _rng().integers(0, 256, (6, 10), dtype=np.uint8)
+    pixels[0, 0] = 255  # stored top left: upright it is the top right (orientation 6: rotate 90 clockwise)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "turned.png", exif=exif)
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    turned = imaging.read_image(tmp_path / "turned.png").pixels
+    assert turned.shape[:2] == (10, 6)
+    assert np.array_equal(np.round(255 * (turned[..., 0] if turned.ndim == 3 else turned)), np.rot90(pixels, k=-1))
+    assert imaging.read_image(tmp_path / "plain.png").pixels.shape[:2] == (6, 10)
+
+
 def test_from_array_conventions():
     u16 = np.array([[0, 65535]], np.uint16)
     image = imaging.from_array(u16)

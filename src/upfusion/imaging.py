@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UpfusionError
 
@@ -318,7 +318,8 @@ def read_image(path: str | Path) -> SourceImage:
                 if getattr(im, "n_frames", 1) > 1:
                     warnings.warn(f"{path}: {im.n_frames} frames, only the first is fused", UserWarning, stacklevel=2)
                 im.load()
-                array = _pil_to_array(im, str(path))
+                # as viewers show it: a camera's EXIF orientation turns the pixels upright
+                array = _pil_to_array(ImageOps.exif_transpose(im), str(path))
     except UpfusionError:
         raise
     except UnidentifiedImageError:

@@ -229,6 +229,8 @@ def _run(args: argparse.Namespace, rank: Any, who: str) -> int:
 
     if args.batch_size < 1 or args.workers < 1:
         raise UpfusionError("--batch-size and --workers must be at least 1")
+    if args.method != "upfusion" and args.weights:
+        raise UpfusionError(f"--weights is for the network; method {args.method!r} takes no weights")
 
     pairs, unmatched = find_pairs(args.a, args.b)
     if unmatched and rank.rank == 0:
