@@ -262,3 +262,21 @@ def test_the_real_average_baseline():
 
     expected = np.rint(255 * (luma_of(imaging_rgb / np.float32(255)).astype(np.float64) + ir / 255.0) / 2)
     assert np.abs(out.astype(int) - expected).max() <= 1
+
+
+def test_bundled_default_weights_fuse_the_msrs_sample_better_than_averaging():
+    """The shipped weights (at most 16 MB) on the shipped MSRS sample: more edge strength (Qabf) than the average."""
+    from upfusion import imaging
+    from upfusion.metrics import compute
+
+    weights = fuse_module.WEIGHTS_DIR / "default.safetensors"
+    if not weights.is_file():
+        pytest.skip("no bundled default weights")
+    assert weights.stat().st_size <= 16 * 2**20
+    samples = Path(__file__).resolve().parents[1] / "samples" / "msrs"
+    a, b = samples / "vi" / "00016N.png", samples / "ir" / "00016N.png"
+    fused = upfusion.load(device="cpu").fuse(a, b, color_from="none")
+    luma_a, luma_b = (np.round(255 * imaging.read_image(p).luma()) for p in (a, b))
+    network = compute(luma_a, luma_b, fused, "Qabf")["Qabf"]
+    average = compute(luma_a, luma_b, np.round((luma_a + luma_b) / 2), "Qabf")["Qabf"]
+    assert network > average + 0.1, (network, average)
