@@ -83,6 +83,7 @@ def test_exported_graph_has_two_dynamic_inputs_and_the_prompt_inside(exported):
 def test_export_onnx_command(exported, capsys):
     _, _, path, record, status, printed = exported
     assert status == 0 and path.is_file()
+    assert torch.is_grad_enabled()  # the command leaves autograd as it found it
     assert "96x64: max |onnxruntime - torch|" in printed and "48x40" in printed
     assert main(["export-onnx", str(path), "--weights", str(record), "--check", "90x64"]) == 1
     assert "multiples of 8" in capsys.readouterr().err
