@@ -247,7 +247,7 @@ class Fuser:
         if self.tile is None:
             return None
         if self.tile != "auto":
-            return int(self.tile) if max(height, width) > int(self.tile) else None
+            return self.tile if max(height, width) > self.tile else None
         tile = plan_tile(self.model.config, height, width, batch, self.device)
         if tile is not None and (height, width) not in self._told:
             self._told.add((height, width))

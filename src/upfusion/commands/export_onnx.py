@@ -44,8 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..benchmark import parse_size
     from ..errors import UpfusionError
     from ..fuse import resolve_weights
@@ -63,13 +61,12 @@ def run(args: argparse.Namespace) -> int:
         raise UpfusionError("--check: sizes must be multiples of 8")
     checkpoint = resolve_weights(args.weights)
     model, text = load_network(checkpoint, device="cpu")
-    with torch.no_grad():  # a context, not a global switch: the command also runs inside other programs
-        path = export_onnx(model, text, args.output, opset=args.opset)
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) from {checkpoint}")
-        worst = 0.0
-        for check in check_onnx(path, model, text, sizes=tuple(sizes)):
-            worst = max(worst, check.max_abs_diff)
-            print(f"  {check.width}x{check.height}: max |onnxruntime - torch| = {check.max_abs_diff:.2e}")
+    path = export_onnx(model, text, args.output, opset=args.opset)  # both run under no_grad themselves
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) from {checkpoint}")
+    worst = 0.0
+    for check in check_onnx(path, model, text, sizes=tuple(sizes)):
+        worst = max(worst, check.max_abs_diff)
+        print(f"  {check.width}x{check.height}: max |onnxruntime - torch| = {check.max_abs_diff:.2e}")
     if sizes and worst > args.tolerance:
         raise UpfusionError(
             f"{path}: onnxruntime differs from PyTorch by up to {worst:.2e}, more than --tolerance {args.tolerance:g}"
