@@ -208,7 +208,12 @@ def test_fuser_tiles_only_when_asked_or_needed(small_checkpoint, monkeypatch):
 
 @pytest.mark.parametrize(
     "tile,overlap,message",
-    [("30", 16, "multiple of 8 and at least 64"), ("big", 16, "'auto', 0"), ("64", 40, "overlap must be")],
+    [
+        ("30", 16, "multiple of 8 and at least 64"),
+        ("big", 16, "'auto', 0"),
+        ("64", 40, "overlap must be"),
+        ("auto", 30, "overlap must be a multiple of 8"),
+    ],
 )
 def test_bad_tile_settings_are_refused(small_checkpoint, tile, overlap, message):
     import upfusion

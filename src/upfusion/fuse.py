@@ -273,6 +273,8 @@ class Fuser:
 
 def check_tile(tile: int | str | None, overlap: int = 64) -> int | str | None:
     """``tile`` as the fuser uses it: ``"auto"``, None (never tile) or a tile side (multiple of 8, >= 64)."""
+    if overlap < 0 or overlap % 8:  # checked for "auto" too: its tiles come later, when an image is large
+        raise UpfusionError(f"overlap must be a multiple of 8 and at least 0, not {overlap}")
     if tile == "auto" or tile is None:
         return tile
     try:
@@ -283,7 +285,7 @@ def check_tile(tile: int | str | None, overlap: int = 64) -> int | str | None:
         return None
     if size < 64 or size % 8:
         raise UpfusionError(f"tile must be a multiple of 8 and at least 64 pixels, not {size}")
-    if overlap < 0 or overlap % 8 or overlap > size // 2:
+    if overlap > size // 2:
         raise UpfusionError(f"overlap must be a multiple of 8 in [0, tile / 2], not {overlap} (tile {size})")
     return size
 
