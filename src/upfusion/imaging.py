@@ -375,12 +375,12 @@ def encode_image(image: FusedImage, suffix: str) -> bytes:
 
 def write_image(path: str | Path, image: FusedImage) -> None:
     """Encodes ``image`` by ``path``'s extension and writes it atomically (temporary name, then rename)."""
-    from .atomic import write_bytes_atomic as atomic_write_bytes
+    from .atomic import write_bytes_atomic
 
     path = Path(path)
     data = encode_image(image, path.suffix)
     try:
-        atomic_write_bytes(path, data)
+        write_bytes_atomic(path, data)
     except OSError as exc:
         raise UpfusionError(f"{path}: cannot write ({exc.strerror or exc})") from None
 

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .atomic import write_bytes_atomic
 from .errors import UpfusionError
 
 if TYPE_CHECKING:
@@ -321,9 +320,3 @@ def picture_grid(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=GRID_DPI)
     return buffer.getvalue()
-
-
-# ---------------------------------------------------------------------------- writing
-
-
-write_atomic = write_bytes_atomic

@@ -212,11 +212,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    from .pretrained.checkpoint import atomic_write_bytes
+    from .atomic import write_bytes_atomic
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _text_embedding(config: TrainConfig, text_dim: int) -> tuple[np.ndarray, str, str, str]:
@@ -262,13 +262,13 @@ class _CsvLog:
             self._rewrite([])
 
     def _rewrite(self, rows: list[dict]) -> None:
-        from .pretrained.checkpoint import atomic_write_bytes
+        from .atomic import write_bytes_atomic
 
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, self.fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_bytes(self.path, buffer.getvalue().encode())
+        write_bytes_atomic(self.path, buffer.getvalue().encode())
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as fh:
@@ -580,7 +580,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
 
 def plot_training_curve(run: str | Path, png: str | Path, smooth: int = 10) -> Path:
     """Draws a run's ``log.csv`` (loss, its moving average over ``smooth`` rows, learning rate) to ``png``."""
-    from .pretrained.checkpoint import atomic_write_bytes
+    from .atomic import write_bytes_atomic
     from .pretrained.extras import require
 
     matplotlib = require("matplotlib", "report", "plotting the training curve")
@@ -618,5 +618,5 @@ def plot_training_curve(run: str | Path, png: str | Path, smooth: int = 10) -> P
     plt.close(fig)
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(png, buffer.getvalue())
+    write_bytes_atomic(png, buffer.getvalue())
     return png

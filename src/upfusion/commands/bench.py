@@ -84,10 +84,11 @@ def _devices(names: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import write_bytes_atomic
     from ..benchmark import BenchCase, machine_description, markdown_table, parse_size, run_isolated
     from ..errors import UpfusionError
     from ..presets import PRESETS
-    from ..pretrained.checkpoint import atomic_write_bytes, checkpoint_paths
+    from ..pretrained.checkpoint import checkpoint_paths
 
     if args.weights:
         checkpoint_paths(args.weights)  # fails early, naming the file
@@ -146,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"\n{heading}")
     if args.markdown:
-        atomic_write_bytes(Path(args.markdown), f"{heading}\n\n{table}\n".encode())
+        write_bytes_atomic(Path(args.markdown), f"{heading}\n\n{table}\n".encode())
     if args.json:
         payload = {"machine": machine, "results": [r.to_dict() for r in results]}
-        atomic_write_bytes(Path(args.json), (json.dumps(payload, indent=1) + "\n").encode())
+        write_bytes_atomic(Path(args.json), (json.dumps(payload, indent=1) + "\n").encode())
     return 1 if any(r.error for r in results) else 0

@@ -109,11 +109,12 @@ def grid_stems(args: argparse.Namespace, folders: list[Path]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import write_bytes_atomic
     from ..errors import UpfusionError
     from ..evaluate import evaluate_folders
     from ..pairing import list_images
     from ..pretrained.extras import require
-    from ..report import picture_grid, table_from_results, write_atomic
+    from ..report import picture_grid, table_from_results
 
     a_dir, b_dir, out = Path(args.a), Path(args.b), Path(args.out)
     methods = parse_methods(args.method)
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         files["grid.png"] = picture_grid(rows, labels, panel_width=args.panel_width)
     out.mkdir(parents=True, exist_ok=True)
     for filename, data in files.items():
-        write_atomic(out / filename, data)
+        write_bytes_atomic(out / filename, data)
     sys.stdout.write(table.to_markdown())
     print(f"upfusion report: wrote {', '.join(str(out / f) for f in files)}", file=sys.stderr)
     return 0

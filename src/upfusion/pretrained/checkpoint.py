@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import write_bytes_atomic as atomic_write_bytes
+from ..atomic import write_bytes_atomic
 from ..errors import UpfusionError
 from ..model import ModelConfig, UPFusion
 
@@ -43,7 +43,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[s
     from safetensors.torch import save
 
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data)
+    write_bytes_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -141,7 +141,7 @@ def save_checkpoint(
         "text_embedding": [float(x) for x in vector.tolist()],
         **(extra or {}),
     }
-    atomic_write_bytes(record_path, (json.dumps(record, indent=1) + "\n").encode())
+    write_bytes_atomic(record_path, (json.dumps(record, indent=1) + "\n").encode())
     return record_path
 
 
