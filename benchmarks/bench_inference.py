@@ -29,7 +29,7 @@ from upfusion.fuse import WEIGHTS_DIR
 from upfusion.model import SCPM, TCPM
 from upfusion.model.fast_ops import plain_arithmetic
 from upfusion.pretrained.checkpoint import load_network
-from upfusion.tiling import tile_windows, tiled_forward
+from upfusion.tiling import tile_count, tiled_forward
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -160,21 +160,6 @@ def exactness(args: argparse.Namespace) -> None:
             )
 
 
-def _tiles_without_sharing(model, text, a, b, tile, overlap):
-    """Tiled inference where every tile computes its own statistics (for comparison)."""
-    from upfusion.tiling import _ramps
-
-    _, _, height, width = a.shape
-    rows, cols = tile_windows(height, tile, overlap), tile_windows(width, tile, overlap)
-    out, total = torch.zeros_like(a), torch.zeros_like(a)
-    for (y0, y1), rr in zip(rows, _ramps(rows, a.device), strict=True):
-        for (x0, x1), cc in zip(cols, _ramps(cols, a.device), strict=True):
-            w = rr[:, None] * cc[None, :]
-            out[..., y0:y1, x0:x1] += model(a[..., y0:y1, x0:x1], b[..., y0:y1, x0:x1], text) * w
-            total[..., y0:y1, x0:x1] += w
-    return out / total
-
-
 def tiling(args: argparse.Namespace) -> None:
     model, text = default_weights()
     settings = [(512, 64), (512, 128), (768, 64), (384, 64), (256, 64)]
@@ -186,15 +171,11 @@ def tiling(args: argparse.Namespace) -> None:
         with torch.inference_mode():
             whole = model(a, b, text)
             for tile, overlap in settings:
-                count = len(tile_windows(a.shape[2], tile, overlap)) * len(tile_windows(a.shape[3], tile, overlap))
-                for label, fn in (("shared", tiled_forward), ("per tile", _tiles_without_sharing)):
-                    if label == "per tile" and (tile, overlap) != (512, 64):
+                count = tile_count(a.shape[2], a.shape[3], tile, overlap)
+                for label, share in (("shared", True), ("per tile", False)):
+                    if not share and (tile, overlap) != (512, 64):
                         continue
-                    out = (
-                        fn(model, a, b, text, tile=tile, overlap=overlap)
-                        if label == "shared"
-                        else fn(model, text, a, b, tile, overlap)
-                    )
+                    out = tiled_forward(model, a, b, text, tile=tile, overlap=overlap, share_statistics=share)
                     d = (out - whole).abs()
                     print(
                         f"| {name} | {tile} / {overlap} | {label} | {count} | {d.max().item():.4f} "

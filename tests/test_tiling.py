@@ -135,6 +135,12 @@ def test_progress_is_called_for_every_tile_and_pass(model):
     with torch.no_grad():
         tiling.tiled_forward(model, a, b, torch.randn(32), tile=48, overlap=16, progress=lambda: calls.append(1))
     assert len(calls) == 2 * tiling.tile_count(48, 96, 48, 16) == 2 * 3
+    calls.clear()  # each tile on its own statistics: no encoder pass first
+    with torch.no_grad():
+        tiling.tiled_forward(
+            model, a, b, torch.randn(32), tile=48, overlap=16, progress=lambda: calls.append(1), share_statistics=False
+        )
+    assert len(calls) == 3
 
 
 @pytest.mark.parametrize(

@@ -198,6 +198,7 @@ def tiled_forward(
     tile: int = 512,
     overlap: int = 64,
     progress: Callable[[], None] | None = None,
+    share_statistics: bool = True,
 ) -> torch.Tensor:
     """``model(a, b, text)`` computed tile by tile: fused luma [N, 1, H, W] (float32, unclamped).
 
@@ -205,14 +206,15 @@ def tiled_forward(
     padding enters the whole-image statistics). ``tile``: tile side in pixels (a multiple of 8);
     ``overlap``: pixels shared by neighbouring tiles (a multiple of 8, at most ``tile / 2``).
     An image no larger than one tile is fused in one ordinary pass. ``progress`` is called
-    once per tile and pass.
+    once per tile and pass. ``share_statistics=False`` lets every tile compute its own
+    statistics (no encoder pass first; for comparison: the tiles then disagree).
     """
     _check_inputs(a, b, tile, overlap)
     n, _, height, width = a.shape
     rows, cols = tile_windows(height, tile, overlap), tile_windows(width, tile, overlap)
     if len(rows) == 1 and len(cols) == 1:
         return model(a, b, text).float()
-    shared = whole_image_statistics(model, a, b, tile, overlap, progress)
+    shared = whole_image_statistics(model, a, b, tile, overlap, progress) if share_statistics else None
     out = torch.zeros(n, 1, height, width, dtype=torch.float32, device=a.device)
     total = torch.zeros(1, 1, height, width, dtype=torch.float32, device=a.device)
     row_ramps, col_ramps = _ramps(rows, a.device), _ramps(cols, a.device)
