@@ -93,6 +93,30 @@ def test_flips_happen_and_can_be_turned_off(pairs):
     assert seen == {"none", "h", "v", "hv"}
 
 
+def test_blackout_zeroes_both_sources_outside_an_ellipse_at_its_rate(pairs):
+    plain = FusionPairs([pairs], crop=32, small="skip", seed=3)
+    always = FusionPairs([pairs], crop=32, small="skip", seed=3, blackout=1.0)
+    for i in range(len(always)):
+        (a, b), (a0, b0) = always[i], plain[i]
+        black = (a == 0) & (b == 0)
+        assert 0 < black.float().mean() < 1  # part of the crop, both sources at once
+        # inside the field of view the crop is untouched (same crop and flips as without blackout)
+        assert torch.equal(a[~black], a0[~black]) and torch.equal(b[~black], b0[~black])
+        rows = black[0].any(dim=1).nonzero()  # the black region is the outside of a convex shape:
+        for r in rows[:, 0].tolist():  # along each row the kept pixels form one run
+            kept = (~black[0, r]).nonzero()[:, 0]
+            if len(kept):
+                assert int(kept[-1] - kept[0]) + 1 == len(kept)
+    sometimes = FusionPairs([pairs], crop=32, small="skip", seed=3, blackout=0.3)
+    hits = 0
+    for epoch in range(100):
+        sometimes.set_epoch(epoch)
+        hits += sum(bool(((sometimes[i][0] == 0) & (sometimes[i][1] == 0)).any()) for i in range(len(sometimes)))
+    assert 40 <= hits <= 80  # 200 draws at p 0.3: 60 expected
+    with pytest.raises(ValueError, match="blackout"):
+        FusionPairs([pairs], crop=32, blackout=1.5)
+
+
 def test_colour_becomes_bt601_luma(tmp_path):
     rgb = np.zeros((16, 16, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50

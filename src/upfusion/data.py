@@ -85,6 +85,10 @@ class FusionPairs(Dataset):
     - ``small``: a pair with a side under ``crop`` is ``"pad"``-ded with zeros (bottom and
       right, as the reference) or ``"skip"``-ped; ``skipped`` counts those.
     - ``flips``: random horizontal and vertical flips (p 0.5 each, both sources alike).
+    - ``blackout``: probability that a crop is blacked out (both sources zero) outside a random
+      ellipse, as a scanner's field of view or a rectified camera's border. Infrared-visible
+      training data hardly holds pure black; without it the network paints the black
+      background of medical images a few grey levels up.
     - ``exclude``: stems to leave out (held-out validation pairs).
     - Images are decoded once and kept in memory as uint8 (about 1.3 bytes per pixel per
       source); luma is computed per crop.
@@ -97,6 +101,7 @@ class FusionPairs(Dataset):
         *,
         small: str = "pad",
         flips: bool = True,
+        blackout: float = 0.0,
         seed: int = 0,
         exclude: Sequence[str] = (),
         only: Sequence[str] | None = None,
@@ -105,8 +110,11 @@ class FusionPairs(Dataset):
             raise ValueError(f"small must be 'pad' or 'skip', not {small!r}")
         if crop is not None and crop < 8:
             raise ValueError(f"crop must be at least 8 pixels, not {crop}")
+        if not 0.0 <= blackout <= 1.0:
+            raise ValueError(f"blackout is a probability in [0, 1], not {blackout}")
         self.crop = crop
         self.flips = flips
+        self.blackout = blackout
         self.seed = seed
         self.epoch = 0
         index = index_pairs(sources)
@@ -157,7 +165,18 @@ class FusionPairs(Dataset):
                 ya, yb = ya[:, ::-1], yb[:, ::-1]
             if flip_v:
                 ya, yb = ya[::-1], yb[::-1]
+        if self.blackout and rng.random() < self.blackout:
+            field_of_view = _random_ellipse(rng, c)
+            ya, yb = ya * field_of_view, yb * field_of_view
         return _tensor(ya), _tensor(yb)
+
+
+def _random_ellipse(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A ``size x size`` float32 mask: 1 inside an axis-aligned ellipse of random centre and axes, 0 outside."""
+    cy, cx = rng.uniform(0.2, 0.8, 2) * size
+    ry, rx = rng.uniform(0.25, 0.75, 2) * size
+    y, x = np.ogrid[:size, :size]
+    return (((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0).astype(np.float32)
 
 
 def _pad_to(x: np.ndarray, size: int) -> np.ndarray:

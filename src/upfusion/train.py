@@ -59,6 +59,7 @@ class TrainConfig:
     crop: int = 192
     small: str = "pad"  # pairs with a side under crop: "pad" (zeros) or "skip"
     flips: bool = True
+    blackout: float = 0.0  # probability of a crop blacked out outside a random ellipse (data.FusionPairs)
     batch_size: int = 2  # per process
     steps: int | None = None
     epochs: int | None = None
@@ -112,6 +113,8 @@ class TrainConfig:
             raise UpfusionError(f"amp must be auto, bf16 or off, not {self.amp!r}")
         if not (self.lr > 0 and 0 <= self.lr_min <= self.lr):
             raise UpfusionError(f"need lr > 0 and 0 <= lr_min <= lr (got lr={self.lr}, lr_min={self.lr_min})")
+        if not 0.0 <= self.blackout <= 1.0:
+            raise UpfusionError(f"blackout is a probability in [0, 1], not {self.blackout}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -367,6 +370,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         crop=config.crop,
         small=config.small,
         flips=config.flips,
+        blackout=config.blackout,
         seed=config.seed,
         exclude=held_out,
     )
