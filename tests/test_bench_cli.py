@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -68,9 +69,10 @@ def test_bench_measures_each_configuration(checkpoint, tmp_path, capsys):
         assert r["pairs_per_s"] == pytest.approx(1 / r["latency_s"])
         assert r["peak_memory_bytes"] >= r["model_memory_bytes"] > 0
     assert out_md.read_text().count("| small") == 4 and "Measured on" in out_md.read_text()
+    assert all(r["huge_pages"] is sys.platform.startswith("linux") for r in results)  # as `upfusion fuse` runs
 
 
-def test_bench_tiled_batched_configuration(checkpoint, tmp_path):
+def test_bench_tiled_batched_configuration(checkpoint, tmp_path, capsys):
     out_json = tmp_path / "r.json"
     argv = [
         "bench",
@@ -90,12 +92,14 @@ def test_bench_tiled_batched_configuration(checkpoint, tmp_path):
         "1",
         "--warmup",
         "0",
+        "--no-huge-pages",
         "--json",
         str(out_json),
     ]
     assert main(argv) == 0
     (result,) = json.loads(out_json.read_text())["results"]
     assert result["case"]["tile"] == 48 and result["case"]["batch"] == 2
+    assert result["huge_pages"] is False and "(4 KiB pages)" in capsys.readouterr().out
     assert result["pairs_per_s"] == pytest.approx(2 / result["latency_s"])
 
 

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .huge_pages import ENV as HUGE_PAGES_ENV
+
 ARITHMETIC = ("fast", "plain")
 
 
@@ -40,6 +42,7 @@ class BenchCase:
     compile: bool = False
     threads: int | None = None  # torch.set_num_threads on the CPU; None keeps PyTorch's default
     weights: str | None = None  # a checkpoint instead of the preset's random initialisation
+    huge_pages: bool = True  # THP_MEM_ALLOC_ENABLE in the measuring process (run_isolated only)
 
     @property
     def label(self) -> str:
@@ -57,6 +60,7 @@ class BenchResult:
     memory_kind: str = ""
     threads: int | None = None
     compiled: bool | None = None
+    huge_pages: bool | None = None  # whether PyTorch was asked for huge pages (THP_MEM_ALLOC_ENABLE=1)
     error: str | None = None
 
     def to_dict(self) -> dict:
@@ -137,7 +141,7 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
         raise ValueError(f"{case.width}x{case.height}: the network takes multiples of 8 (the pipeline pads)")
     if case.threads:
         torch.set_num_threads(case.threads)
-    result = BenchResult(case, threads=torch.get_num_threads())
+    result = BenchResult(case, threads=torch.get_num_threads(), huge_pages=os.environ.get(HUGE_PAGES_ENV) == "1")
     device = torch.device(case.device)
     model, text = _build(case)
     cuda = device.type == "cuda"
@@ -185,12 +189,14 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
 def run_isolated(case: BenchCase, runs: int = 5, warmup: int = 1, timeout: float | None = None) -> BenchResult:
     """``run_case`` in a fresh Python process; a failure (out of memory, timeout) becomes ``result.error``."""
     request = json.dumps({"case": dataclasses.asdict(case), "runs": runs, "warmup": warmup})
+    env = {**os.environ, HUGE_PAGES_ENV: "1" if case.huge_pages else "0"}
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "upfusion.benchmark", request],
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return BenchResult(case, error=f"timed out after {timeout:.0f} s")
@@ -219,7 +225,7 @@ def markdown_table(results: list[BenchResult]) -> str:
     for r in results:
         c = r.case
         tile = f"{c.tile}/{c.overlap}" if c.tile else "-"
-        arithmetic = c.arithmetic + (" +compile" if c.compile else "")
+        arithmetic = c.arithmetic + (" +compile" if c.compile else "") + (" (4 KiB pages)" if not c.huge_pages else "")
         if r.error:
             timing = f"error: {r.error} | | | |"
         else:

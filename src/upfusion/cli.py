@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from .errors import UpfusionError
+from .huge_pages import request_huge_pages
 
 COMMANDS = ["fuse", "eval", "report", "train", "bench", "convert_official", "export_onnx"]
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    request_huge_pages()  # before any command imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

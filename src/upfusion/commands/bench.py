@@ -57,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager on failure)")
     p.add_argument("--runs", type=int, default=5, metavar="N", help="timed calls (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed calls first (default 1)")
+    p.add_argument(
+        "--huge-pages",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let PyTorch use transparent huge pages on Linux, as `upfusion fuse` does (default on)",
+    )
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: PyTorch's choice)")
     p.add_argument("--timeout", type=float, default=3600, metavar="S", help="per configuration (default 3600)")
     p.add_argument("--json", metavar="FILE", help="also write machine, configurations and results as JSON")
@@ -124,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             compile=args.compile,
             threads=args.threads,
+            huge_pages=args.huge_pages,
             **model,
         )
         for model, (height, width), batch, device, precision, arithmetic in itertools.product(
