@@ -280,3 +280,18 @@ def test_bundled_default_weights_fuse_the_msrs_sample_better_than_averaging():
     network = compute(luma_a, luma_b, fused, "Qabf")["Qabf"]
     average = compute(luma_a, luma_b, np.round((luma_a + luma_b) / 2), "Qabf")["Qabf"]
     assert network > average + 0.1, (network, average)
+
+
+def test_bundled_default_weights_keep_a_black_background_black():
+    """On the shipped CT-MRI sample, where both sources are black (the scanner's outside) the fused
+    image is black too: a grey veil there is what SSIM punishes most on medical pairs."""
+    from upfusion import imaging
+
+    if not (fuse_module.WEIGHTS_DIR / "default.safetensors").is_file():
+        pytest.skip("no bundled default weights")
+    samples = Path(__file__).resolve().parents[1] / "samples" / "ct-mri"
+    a, b = samples / "mri" / "20.png", samples / "ct" / "20.png"
+    fused = upfusion.load(device="cpu").fuse(a, b, color_from="none")
+    black = (imaging.read_image(a).luma() == 0) & (imaging.read_image(b).luma() == 0)
+    assert black.mean() > 0.3  # the sample has a large black surround
+    assert (fused[black] == 0).mean() > 0.9, (fused[black] == 0).mean()
