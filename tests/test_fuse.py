@@ -264,18 +264,23 @@ def test_the_real_average_baseline():
     assert np.abs(out.astype(int) - expected).max() <= 1
 
 
+def _fuse_shipped_sample(kind: str, a_name: str, b_name: str) -> tuple[Path, Path, np.ndarray]:
+    """A shipped sample pair (``samples/KIND/...``) and its fused luma by the bundled default weights."""
+    weights = fuse_module.WEIGHTS_DIR / "default.safetensors"
+    if not weights.is_file():
+        pytest.skip("no bundled default weights")
+    assert weights.stat().st_size <= 16 * 2**20
+    samples = Path(__file__).resolve().parents[1] / "samples" / kind
+    a, b = samples / a_name, samples / b_name
+    return a, b, upfusion.load(device="cpu").fuse(a, b, color_from="none")
+
+
 def test_bundled_default_weights_fuse_the_msrs_sample_better_than_averaging():
     """The shipped weights (at most 16 MB) on the shipped MSRS sample: more edge strength (Qabf) than the average."""
     from upfusion import imaging
     from upfusion.metrics import compute
 
-    weights = fuse_module.WEIGHTS_DIR / "default.safetensors"
-    if not weights.is_file():
-        pytest.skip("no bundled default weights")
-    assert weights.stat().st_size <= 16 * 2**20
-    samples = Path(__file__).resolve().parents[1] / "samples" / "msrs"
-    a, b = samples / "vi" / "00016N.png", samples / "ir" / "00016N.png"
-    fused = upfusion.load(device="cpu").fuse(a, b, color_from="none")
+    a, b, fused = _fuse_shipped_sample("msrs", "vi/00016N.png", "ir/00016N.png")
     luma_a, luma_b = (np.round(255 * imaging.read_image(p).luma()) for p in (a, b))
     network = compute(luma_a, luma_b, fused, "Qabf")["Qabf"]
     average = compute(luma_a, luma_b, np.round((luma_a + luma_b) / 2), "Qabf")["Qabf"]
@@ -287,11 +292,7 @@ def test_bundled_default_weights_keep_a_black_background_black():
     image is black too: a grey veil there is what SSIM punishes most on medical pairs."""
     from upfusion import imaging
 
-    if not (fuse_module.WEIGHTS_DIR / "default.safetensors").is_file():
-        pytest.skip("no bundled default weights")
-    samples = Path(__file__).resolve().parents[1] / "samples" / "ct-mri"
-    a, b = samples / "mri" / "20.png", samples / "ct" / "20.png"
-    fused = upfusion.load(device="cpu").fuse(a, b, color_from="none")
+    a, b, fused = _fuse_shipped_sample("ct-mri", "mri/20.png", "ct/20.png")
     black = (imaging.read_image(a).luma() == 0) & (imaging.read_image(b).luma() == 0)
     assert black.mean() > 0.3  # the sample has a large black surround
     assert (fused[black] == 0).mean() > 0.9, (fused[black] == 0).mean()
