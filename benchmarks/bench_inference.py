@@ -10,12 +10,14 @@
 "fast" is the inference path (``upfusion.model.fast_ops``), "plain" the specification's
 formulas computed literally (the reference arithmetic, kept for comparison and export). Each
 speed configuration runs in a fresh process (``upfusion.benchmark.run_isolated``) so that its
-peak memory is its own. Real image pairs come from ../shared/data (see its MANIFEST.md).
+peak memory is its own. Real image pairs come from ../shared/data (see its MANIFEST.md), or from
+``$UPFUSION_SHARED/data`` when that variable is set (as for the tests).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +33,7 @@ from upfusion.model.fast_ops import plain_arithmetic
 from upfusion.pretrained.checkpoint import load_network
 from upfusion.tiling import tile_count, tiled_forward
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("UPFUSION_SHARED") or Path(__file__).resolve().parents[2] / "shared") / "data"
 
 
 def load_pairs(dataset: str, count: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -245,38 +247,51 @@ def large(args: argparse.Namespace) -> None:
 
 
 def profile(args: argparse.Namespace) -> None:
-    """The operators that take the most time (self CPU time), plain and fast, one call each."""
+    """The operators that take the most time (self time on the CPU, or on the GPU with --device cuda), one call each."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    from upfusion.inference import inference_context
     from upfusion.model import fast_ops
     from upfusion.presets import build_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     for preset in args.presets:
         for size in args.sizes:
             height, width = parse_size(size)
             torch.manual_seed(0)
-            model = build_model(preset).eval()
-            text = torch.randn(1, model.config.text_dim)
-            a, b = torch.rand(1, 1, height, width), torch.rand(1, 1, height, width)
+            model = build_model(preset).eval().to(device)
+            text = torch.randn(1, model.config.text_dim, device=device)
+            a, b = (torch.rand(1, 1, height, width, device=device) for _ in range(2))
             for arithmetic in ("plain", "fast"):
                 fast_ops.set_fast_inference(arithmetic == "fast")
-                with torch.inference_mode():
+                with inference_context(device, args.precision):
                     model(a, b, text)  # warm-up
-                    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                    with torch_profile(activities=activities) as prof:
                         model(a, b, text)
+                        if cuda:
+                            torch.cuda.synchronize(device)
                 fast_ops.set_fast_inference(True)
-                events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-                total = sum(e.self_cpu_time_total for e in events)
-                print(f"\n**{preset} {width}x{height}, {arithmetic}**: {total / 1e6:.2f} s of operator time\n")
+
+                def self_time(e) -> float:
+                    return e.self_device_time_total if cuda else e.self_cpu_time_total
+
+                events = sorted(prof.key_averages(), key=self_time, reverse=True)
+                total = sum(self_time(e) for e in events)
+                where = "GPU kernel" if cuda else "operator"
+                print(
+                    f"\n**{preset} {width}x{height} {args.precision} on {device.type}, {arithmetic}**: "
+                    f"{total / 1e6:.4f} s of {where} time\n"
+                )
                 print("| operator | calls | self time (s) | share |")
                 print("|---|---:|---:|---:|")
-                for e in events[:8]:
+                for e in events[: args.top]:
                     print(
-                        f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1e6:.2f} "
-                        f"| {100 * e.self_cpu_time_total / total:.0f}% |"
+                        f"| `{e.key[:80]}` | {e.count} | {self_time(e) / 1e6:.4f} | {100 * self_time(e) / total:.0f}% |"
                     )
 
 
@@ -289,6 +304,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2, help="image pairs per table")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--tile", type=int)
+    parser.add_argument("--device", default="cpu", help="profile: cpu or cuda")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="profile only")
+    parser.add_argument("--top", type=int, default=8, help="profile: operators listed")
     args = parser.parse_args()
     print(f"<!-- {machine_description()} -->")
     commands = {"speed": speed, "exactness": exactness, "tiling": tiling, "precision": precision, "large": large}

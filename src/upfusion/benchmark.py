@@ -230,7 +230,7 @@ def markdown_table(results: list[BenchResult]) -> str:
             timing = f"error: {r.error} | | | |"
         else:
             timing = (
-                f"{r.latency_s:.3f} | {r.pairs_per_s:.3f} | {_mib(r.peak_memory_bytes)} "
+                f"{r.latency_s:.{3 if r.latency_s >= 0.1 else 4}f} | {r.pairs_per_s:.3f} | {_mib(r.peak_memory_bytes)} "
                 f"| {_mib(r.model_memory_bytes)} |"
             )
         lines.append(
