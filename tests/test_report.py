@@ -238,10 +238,20 @@ def test_report_pairs_choose_the_grid_rows(dataset, tmp_path):
     assert Image.open(out / "grid.png").size == grid_size([(64, 80)], 4, 40)
 
 
-def test_no_grid_with_zero_grid_pairs(dataset, tmp_path):
+def test_no_grid_with_zero_grid_pairs(dataset, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(report_args(dataset, out, "--grid-pairs", "0")) == 0
     assert sorted(p.name for p in out.iterdir()) == ["table.csv", "table.md"]
+    assert "earlier report" not in capsys.readouterr().err
+
+
+def test_zero_grid_pairs_keeps_an_earlier_grid_and_says_so(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "grid.png").write_bytes(b"an earlier grid")
+    assert main(report_args(dataset, out, "--grid-pairs", "0")) == 0
+    assert (out / "grid.png").read_bytes() == b"an earlier grid"
+    assert f"{out / 'grid.png'} is from an earlier report" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -154,4 +154,6 @@ def run(args: argparse.Namespace) -> int:
         write_bytes_atomic(out / filename, data)
     sys.stdout.write(table.to_markdown())
     print(f"upfusion report: wrote {', '.join(str(out / f) for f in files)}", file=sys.stderr)
+    if not stems and (out / "grid.png").exists():  # kept: it may be wanted, but it is not this report's
+        print(f"upfusion report: note: {out / 'grid.png'} is from an earlier report (left as it was)", file=sys.stderr)
     return 0
