@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shared_data import DATA
 
 from upfusion.baselines import BASELINES
 from upfusion.errors import UpfusionError
 from upfusion.evaluate import read_gray
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrs" / "test"
+DEFAULT_DATA = DATA / "msrs" / "test"
 
 
 def median_ms(fn, repeats: int) -> float:

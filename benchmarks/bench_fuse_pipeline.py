@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import torch
+from shared_data import DATA
 
 from upfusion import imaging
 from upfusion.fuse import Fuser
 from upfusion.presets import build_model
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAIRS = {
     "PET-MRI 256x256": ("harvard/pet-mri/mri/11.png", "harvard/pet-mri/pet/11.png"),
     "MSRS 640x480": ("msrs/test/vi/00004N.png", "msrs/test/ir/00004N.png"),

@@ -17,13 +17,12 @@ peak memory is its own. Real image pairs come from ../shared/data (see its MANIF
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from shared_data import DATA
 
 from upfusion import imaging
 from upfusion.benchmark import BenchCase, machine_description, markdown_table, parse_size, run_isolated
@@ -32,8 +31,6 @@ from upfusion.model import SCPM, TCPM
 from upfusion.model.fast_ops import plain_arithmetic
 from upfusion.pretrained.checkpoint import load_network
 from upfusion.tiling import tile_count, tiled_forward
-
-DATA = Path(os.environ.get("UPFUSION_SHARED") or Path(__file__).resolve().parents[2] / "shared") / "data"
 
 
 def load_pairs(dataset: str, count: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -260,6 +257,10 @@ def profile(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+
+    def self_time(event) -> float:
+        return event.self_device_time_total if cuda else event.self_cpu_time_total
+
     for preset in args.presets:
         for size in args.sizes:
             height, width = parse_size(size)
@@ -276,9 +277,6 @@ def profile(args: argparse.Namespace) -> None:
                         if cuda:
                             torch.cuda.synchronize(device)
                 fast_ops.set_fast_inference(True)
-
-                def self_time(e) -> float:
-                    return e.self_device_time_total if cuda else e.self_cpu_time_total
 
                 events = sorted(prof.key_averages(), key=self_time, reverse=True)
                 total = sum(self_time(e) for e in events)

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shared_data import DATA
 
 from upfusion.evaluate import read_gray
 from upfusion.metrics import METRICS, compute, resolve
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrs" / "test"
+DEFAULT_DATA = DATA / "msrs" / "test"
 
 
 def median_ms(fn, repeats: int) -> tuple[float, float]:

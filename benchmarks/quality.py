@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from shared_data import DATA
 
 # name: (A folder, B folder); A = visible / MRI / phase contrast, B = infrared / CT / PET / SPECT / GFP
 DATASETS = {
