@@ -7,7 +7,16 @@ import pytest
 import torch
 from scipy import ndimage
 
-from upfusion.losses import LOSSES, get_loss, paper_loss, reference_loss, sobel_gradient, ssim
+from upfusion.losses import (
+    LOSSES,
+    black_margin_term,
+    get_loss,
+    paper_loss,
+    reference_loss,
+    sobel_gradient,
+    ssim,
+    with_black_margin,
+)
 
 SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
 SOBEL_Y = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], dtype=np.float64)
@@ -110,3 +119,43 @@ def test_losses_are_differentiable_and_smallest_near_a_good_fusion(name, images)
 def test_unknown_loss_is_named():
     with pytest.raises(ValueError, match="unknown loss 'l2'; known: paper, reference"):
         get_loss("l2")
+
+
+def test_black_margin_term_counts_only_pixels_black_in_both_sources():
+    a = np.full((4, 4), 0.5)
+    b = np.full((4, 4), 0.5)
+    a[:2] = 0.0  # top half black in A
+    b[:, :2] = 0.0  # left half black in B: the top-left quarter is black in both
+    f = np.full((4, 4), 0.3)
+    f[0, 0] = -0.2  # already below -margin: no penalty
+    f[0, 1] = -0.05  # inside the margin: penalised by 0.1 - 0.05
+    value = black_margin_term(_t(a), _t(b), _t(f), margin=0.1).item()
+    # (0.3 + 0.1) at the two other black pixels, 0.05 at one, 0 at one; mean over all 16 pixels
+    assert value == pytest.approx((2 * 0.4 + 0.05) / 16)
+    assert black_margin_term(_t(a + 0.1), _t(b), _t(f), margin=0.1).item() == 0.0  # nothing black in both
+
+
+def test_black_margin_settles_black_below_zero_with_the_reference_loss():
+    # a bright disc on black in both sources; a free output optimised under the reference loss
+    yy, xx = np.mgrid[:48, :48]
+    disc = ((yy - 24) ** 2 + (xx - 24) ** 2 < 12**2).astype(np.float64)
+    a, b = 0.8 * disc, 0.5 * ndimage.gaussian_filter(disc, 1.0) * disc
+    black = (a == 0) & (b == 0)
+    far = black & (ndimage.distance_transform_edt(black) > 3)  # away from the disc's edge
+    margin = 0.01
+    results = {}
+    for name, loss in (("plain", reference_loss), ("margin", with_black_margin(reference_loss, margin))):
+        torch.manual_seed(0)
+        f = torch.nn.Parameter(_t(np.maximum(a, b)) + 0.02 * torch.randn(1, 1, 48, 48))
+        opt = torch.optim.Adam([f], lr=2e-3)
+        for _ in range(300):
+            total, parts = loss(_t(a), _t(b), f)
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+        results[name] = f.detach()[0, 0].numpy()[far]
+    assert set(parts) == {"intensity", "grad", "ssim", "black"}
+    # without the margin black hovers on both sides of 0 (a network that fits less well than this
+    # free image then rounds part of it up to grey level 1); with it, black sits below -margin / 2
+    assert (results["plain"] > 0).mean() > 0.2 and (results["plain"] < 0).mean() > 0.2
+    assert (results["margin"] < -margin / 2).all()

@@ -205,6 +205,16 @@ def test_two_process_ddp_on_cpu(folders, tmp_path):
     assert model.config.dim == 8
 
 
+def test_black_margin_is_trained_and_logged(folders, tmp_path):
+    # every crop black outside an ellipse: the margin term is active from the first step
+    train(_config(folders, tmp_path / "run", steps=3, blackout=1.0, black_margin=0.01), progress=False)
+    rows = _log(tmp_path / "run")
+    assert list(rows[0]) == ["step", "epoch", "lr", "loss", "intensity", "grad", "ssim", "black", "seconds"]
+    assert all(float(r["black"]) > 0 for r in rows)  # a fresh network is not below -0.01 in the black
+    train(_config(folders, tmp_path / "plain", steps=1), progress=False)  # off by default: no column
+    assert "black" not in _log(tmp_path / "plain")[0]
+
+
 def test_config_file_then_command_line(folders, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text(f'data = [["{folders / "vi"}", "{folders / "ir"}"]]\ncrop = 64\nsteps = 5\nloss = "paper"\n')
@@ -261,6 +271,8 @@ def test_errors_before_training(folders, tmp_path):
         train(_config(folders, tmp_path / "x"), resume=tmp_path / "nothing", progress=False)
     with pytest.raises(UpfusionError, match="fewer than one step's batch"):
         train(_config(folders, tmp_path / "x", batch_size=7), progress=False)
+    with pytest.raises(UpfusionError, match="black_margin is a level in"):
+        train(_config(folders, tmp_path / "x", black_margin=-0.1), progress=False)
     with pytest.raises(UpfusionError, match="text embedding has 16 values; the model takes 384"):
         train(_config(folders, tmp_path / "x", model={**SMALL_MODEL, "text_dim": 384}), progress=False)
 

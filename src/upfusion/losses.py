@@ -9,6 +9,11 @@ sources and the unclamped output as ``[N, 1, H, W]`` float tensors in [0, 1] and
 ``(total, parts)``: the scalar to minimise and its named terms (detached) for logging. One
 deviation from the reference: its visible source is the plain mean of R, G, B; here it is the
 luma the network sees.
+
+``with_black_margin`` is ours, not the paper's (``upfusion train --black-margin M``): wherever both
+sources are exactly 0 it asks for an output at or below ``-M``, so that black stays exactly 0
+after the pipeline's clamp instead of hovering around it (the paper's SSIM, with C1 = 1e-4 on
+0..255 grey levels, scores a black patch one grey level off as almost 0).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 LossResult = tuple[torch.Tensor, dict[str, float]]
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], LossResult]
 
 _SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 _SOBEL_Y = ((1.0, 2.0, 1.0), (0.0, 0.0, 0.0), (-1.0, -2.0, -1.0))
@@ -80,13 +86,38 @@ def reference_loss(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> LossRes
     return total, {"intensity": intensity.item(), "grad": grad.item(), "ssim": structure.item()}
 
 
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], LossResult]] = {
+BLACK_WEIGHT = 10.0  # as each term of the reference loss
+
+
+def black_margin_term(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, margin: float) -> torch.Tensor:
+    """``mean(relu(F + margin))`` over the pixels where A and B are both exactly 0, per pixel of the
+    batch (0 where there are none)."""
+    black = (a == 0) & (b == 0)
+    return (F.relu(f + margin) * black).mean()
+
+
+def with_black_margin(loss: LossFn, margin: float) -> LossFn:
+    """``loss`` plus ``BLACK_WEIGHT * black_margin_term``, where ``loss`` sees black pixels (both
+    sources 0) clamped at 0, as the pipeline shows them: any output at or below 0 is a perfect
+    black there, so nothing pulls it back up to the border of rounding to grey level 1, and the
+    margin term pushes it on down to ``-margin``."""
+
+    def total(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> LossResult:
+        black = (a == 0) & (b == 0)
+        value, parts = loss(a, b, torch.where(black, f.clamp_min(0), f))
+        term = black_margin_term(a, b, f, margin)
+        return value + BLACK_WEIGHT * term, {**parts, "black": term.item()}
+
+    return total
+
+
+LOSSES: dict[str, LossFn] = {
     "paper": paper_loss,
     "reference": reference_loss,
 }
 
 
-def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], LossResult]:
+def get_loss(name: str) -> LossFn:
     """The loss function called ``name`` (see ``LOSSES``); ValueError names the known ones."""
     try:
         return LOSSES[name]

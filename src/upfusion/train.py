@@ -60,6 +60,7 @@ class TrainConfig:
     small: str = "pad"  # pairs with a side under crop: "pad" (zeros) or "skip"
     flips: bool = True
     blackout: float = 0.0  # probability of a crop blacked out outside a random ellipse (data.FusionPairs)
+    black_margin: float = 0.0  # > 0: losses.with_black_margin, output <= -margin where both sources are 0
     batch_size: int = 2  # per process
     steps: int | None = None
     epochs: int | None = None
@@ -115,6 +116,8 @@ class TrainConfig:
             raise UpfusionError(f"need lr > 0 and 0 <= lr_min <= lr (got lr={self.lr}, lr_min={self.lr_min})")
         if not 0.0 <= self.blackout <= 1.0:
             raise UpfusionError(f"blackout is a probability in [0, 1], not {self.blackout}")
+        if not 0.0 <= self.black_margin < 1.0:
+            raise UpfusionError(f"black_margin is a level in [0, 1), not {self.black_margin}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -323,7 +326,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
     from torch.utils.data import DataLoader, DistributedSampler
 
     from .data import FusionPairs, index_pairs
-    from .losses import get_loss
+    from .losses import get_loss, with_black_margin
     from .presets import build_model
     from .pretrained.checkpoint import save_checkpoint, split_state_dict
 
@@ -424,6 +427,8 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     loss_fn = get_loss(config.loss)
+    if config.black_margin:
+        loss_fn = with_black_margin(loss_fn, config.black_margin)
 
     def save_state(final: bool = False) -> None:
         if not dist_info.main:
@@ -457,6 +462,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
 
     log = val_log = tb = None
     parts_names = {"paper": ["grad", "l1_a", "l1_b"], "reference": ["intensity", "grad", "ssim"]}[config.loss]
+    parts_names += ["black"] if config.black_margin else []
     if dist_info.main:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
         log = _CsvLog(
