@@ -215,6 +215,34 @@ def test_black_margin_is_trained_and_logged(folders, tmp_path):
     assert "black" not in _log(tmp_path / "plain")[0]
 
 
+def test_init_weights_starts_a_new_run_from_a_checkpoint(folders, tmp_path):
+    first = train(_config(folders, tmp_path / "first"), progress=False)
+    start, start_text = load_network(first)
+    # a near-zero learning rate: the fine-tuned weights must be the starting ones, and the
+    # prompt embedding the checkpoint's (no --text-embedding given)
+    tuned = train(
+        _config(folders, tmp_path / "tuned", init_weights=str(first), text_embedding=None, steps=1, lr=1e-12, lr_min=0),
+        progress=False,
+    )
+    model, text = load_network(tuned)
+    assert torch.equal(text, start_text)
+    for (name, x), (_, y) in zip(start.state_dict().items(), model.state_dict().items(), strict=True):
+        assert torch.allclose(x, y, atol=1e-9), name
+    assert [int(r["step"]) for r in _log(tmp_path / "tuned")] == [1]  # a new run: step 1, not 7
+    # from random weights the same single step leaves them far from the checkpoint's
+    scratch = load_network(train(_config(folders, tmp_path / "scratch", steps=1, lr=1e-12, lr_min=0), progress=False))[
+        0
+    ]
+    assert not all(
+        torch.allclose(x, y, atol=1e-6)
+        for x, y in zip(start.state_dict().values(), scratch.state_dict().values(), strict=True)
+    )
+    with pytest.raises(UpfusionError, match=r"first/final.json: its network differs from the run's model in dim"):
+        train(
+            _config(folders, tmp_path / "x", init_weights=str(first), model={**SMALL_MODEL, "dim": 16}), progress=False
+        )
+
+
 def test_config_file_then_command_line(folders, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text(f'data = [["{folders / "vi"}", "{folders / "ir"}"]]\ncrop = 64\nsteps = 5\nloss = "paper"\n')

@@ -55,6 +55,7 @@ class TrainConfig:
     text_encoder: str = "minilm"
     prompt: str | None = None  # None: the paper's prompt
     text_embedding: str | None = None  # a .npy file with the prompt embedding, instead of the encoder
+    init_weights: str | None = None  # fine-tuning: start from this checkpoint's weights (a new run)
     loss: str = "reference"
     crop: int = 192
     small: str = "pad"  # pairs with a side under crop: "pad" (zeros) or "skip"
@@ -245,6 +246,29 @@ def _text_embedding(config: TrainConfig, text_dim: int) -> tuple[np.ndarray, str
     return vector, encoder, prompt, precision
 
 
+def _initial_weights(path: str, mconf: ModelConfig) -> tuple[dict[str, torch.Tensor], Path, dict[str, Any]]:
+    """(network weights, weights file, text info) of the checkpoint a fine-tuning run starts from."""
+    from .fuse import resolve_weights
+    from .pretrained.checkpoint import load_tensors, read_record
+
+    record, record_path, weights_path = read_record(resolve_weights(path))
+    theirs = record.get("model_config") or {}
+    ours = mconf.to_dict()
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if differ:
+        raise UpfusionError(
+            f"{record_path}: its network differs from the run's model in {', '.join(differ[:6])}"
+            f"{' ...' if len(differ) > 6 else ''} (give the model it was trained with)"
+        )
+    text_info = {
+        "vector": [float(x) for x in record.get("text_embedding", [])],
+        "encoder": record.get("text_encoder", "unknown"),
+        "prompt": record.get("prompt", ""),
+        "precision": record.get("text_embedding_precision", "unknown"),
+    }
+    return load_tensors(weights_path, record.get("weights_sha256")), weights_path, text_info
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int = 8) -> torch.Tensor:
     """Pads bottom and right to a multiple of ``multiple`` (reflect; replicate when too small)."""
     h, w = x.shape[-2:]
@@ -398,9 +422,19 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
     torch.manual_seed(config.seed)
     model = build_model(mconf, backbone_weights=config.backbone_weights).to(device)
     model.train()
+    init_text = None
+    if state is None and config.init_weights:
+        from .pretrained.checkpoint import BACKBONE_PREFIX, load_state_strict
+
+        weights, weights_path, init_text = _initial_weights(config.init_weights, mconf)
+        load_state_strict(model, weights, weights_path, ignore_prefix=BACKBONE_PREFIX)
     if state is not None:
         text_vec = np.asarray(state["text"]["vector"], dtype=np.float32)
         text_info = state["text"]
+    elif init_text is not None and not (config.prompt or config.text_embedding):
+        # the prompt embedding the weights were trained with, so no text encoder is needed
+        text_vec = np.asarray(init_text["vector"], dtype=np.float32)
+        text_info = init_text
     else:
         vec, encoder, prompt, precision = _text_embedding(config, mconf.text_dim)
         text_vec = vec

@@ -20,6 +20,10 @@ when the tensorboard package is installed. Ctrl-C or SIGTERM saves the state bef
 --resume continues exactly: weights, Adam state, schedule, random state and step. Options given
 with it override the saved run's; a new --steps or --epochs changes the run's length, and the
 cosine schedule then follows the new length from that step on.
+
+--init-weights starts a new run (fresh Adam state and schedule) from a checkpoint's weights, to
+fine-tune them, e.g. the bundled 'default' weights on your own pairs. The run then uses the
+checkpoint's prompt embedding unless --prompt or --text-embedding is given.
 """
 
 EPILOG = """\
@@ -27,6 +31,7 @@ examples:
   upfusion train --config configs/default.yaml
   upfusion train --data data/msrs/vi data/msrs/ir --steps 2000 --crop 128 --out runs/mine
   upfusion train --resume runs/mine                    # continue exactly where it stopped
+  upfusion train --init-weights default --data my/vi my/ir --steps 1000 --out runs/tuned   # fine-tune
   torchrun --nproc-per-node 4 -m upfusion train --config configs/paper.yaml   # DDP, 4 GPUs
 """
 
@@ -39,6 +44,7 @@ HELP: dict[str, tuple[str, str | None]] = {
     "text_encoder": ("text encoder of the prompt: minilm (default) or clip-vit-b-32", "NAME"),
     "prompt": ("the prompt (default: the paper's)", "TEXT"),
     "text_embedding": ("a .npy file with the prompt's embedding, instead of running the encoder", "FILE"),
+    "init_weights": ("fine-tune: start from this checkpoint or bundled weights name (a new run)", "CKPT"),
     "loss": ("'reference' (default) or 'paper'", "NAME"),
     "crop": ("side of the random square crops (default 192)", "PX"),
     "small": ("pairs smaller than the crop: 'pad' with zeros (default) or 'skip'", "MODE"),

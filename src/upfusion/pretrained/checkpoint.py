@@ -157,7 +157,7 @@ def read_record(path: str | Path) -> tuple[dict[str, Any], Path, Path]:
     return record, record_path, weights_path
 
 
-def _load_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
     if not path.is_file():
@@ -214,7 +214,7 @@ def load_network(
         config = ModelConfig.from_dict(record["model_config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise UpfusionError(f"{record_path}: invalid model config ({exc})") from None
-    state = _load_tensors(weights_path, record.get("weights_sha256"))
+    state = load_tensors(weights_path, record.get("weights_sha256"))
 
     backbone_state = None
     source: str | Path | None = None
@@ -227,7 +227,7 @@ def load_network(
         elif entry.get("weights", "pretrained") == "pretrained":
             source = "pretrained"
         else:
-            backbone_state = _load_tensors(record_path.parent / entry["weights"], entry.get("sha256"))
+            backbone_state = load_tensors(record_path.parent / entry["weights"], entry.get("sha256"))
     model = build_model(config, backbone_weights=source)
     load_state_strict(model, state, weights_path, ignore_prefix=BACKBONE_PREFIX)
     if backbone_state is not None:
