@@ -34,9 +34,9 @@ run timeout 400 "$PY" -m upfusion bench --device cuda --preset paper default --s
 log "bf16, plain arithmetic (the profile of 2026-11-26 had the fast path's GPU kernels slower)"
 run timeout 200 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 \
     --precision bf16 --arithmetic plain --runs 10 --warmup 2 --json "$OUT/bench_half_plain.json"
-log "torch.compile, bf16, batch 1 (the first call compiles: minutes)"
+log "torch.compile of each Restormer block, bf16, plain arithmetic (whole-model compiles outlasted 145 s)"
 run timeout 400 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 --precision bf16 \
-    --compile --runs 10 --warmup 3 --timeout 180 --json "$OUT/bench_compile.json"
+    --arithmetic plain --batch 1 8 --compile blocks --runs 10 --warmup 3 --timeout 180 --json "$OUT/bench_compile.json"
 log "large images, bf16"
 run timeout 300 "$PY" -m upfusion bench --device cuda --preset paper default --size 1920x1080 3840x2160 \
     --precision bf16 --runs 5 --warmup 1 --timeout 120 --json "$OUT/bench_large.json"

@@ -144,3 +144,18 @@ def test_parse_size_is_width_by_height():
     assert parse_size("640x480") == (480, 640)
     with pytest.raises(ValueError):
         parse_size("640")
+
+
+def test_compile_option_names_its_scope():
+    import argparse
+
+    from upfusion.commands.bench import register
+    from upfusion.inference import COMPILE_SCOPES
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["bench"]).compile is None
+    assert parser.parse_args(["bench", "--compile"]).compile == "model"
+    assert [parser.parse_args(["bench", "--compile", s]).compile for s in COMPILE_SCOPES] == list(COMPILE_SCOPES)
+    case = BenchCase(arithmetic="plain", compile="blocks")
+    assert "| plain +compile (blocks) |" in markdown_table([BenchResult(case, latency_s=0.5, pairs_per_s=2.0)])

@@ -47,3 +47,36 @@ def test_compile_unavailable_falls_back_at_once(monkeypatch):
         wrapped = maybe_compile(model)
     x = torch.randn(1, 3)
     assert not wrapped.is_compiled and torch.equal(wrapped(x), model(x))
+
+
+class _BrokenBlock(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("inductor failed")
+
+
+def test_compiling_blocks_swaps_each_restormer_block_and_undoes_on_failure(monkeypatch):
+    from upfusion.model.blocks import TransformerBlock
+    from upfusion.presets import build_model
+    from upfusion.train import model_config
+
+    given = []
+
+    def fake_compile(module, **kwargs):
+        given.append(module)
+        return _BrokenBlock()
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    small = {"dim": 8, "num_blocks": [1, 1, 1, 2], "heads": [1, 1, 2, 4], "num_refinement_blocks": 1}
+    model = build_model(model_config({**small, "semantic_backbone": None, "text_dim": 16})).eval()
+    blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
+    assert len(blocks) > 5
+    wrapped = maybe_compile(model, scope="blocks")
+    assert {id(m) for m in given} == {id(m) for m in blocks}  # every block, each once
+    assert not any(isinstance(m, TransformerBlock) for m in model.modules())  # swapped in place
+    a, b, text = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16), torch.randn(1, 16)
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: inductor failed\)"):
+        out = wrapped(a, b, text)
+    assert [id(m) for m in model.modules() if isinstance(m, TransformerBlock)] == [id(m) for m in blocks]
+    assert not wrapped.is_compiled and torch.equal(out, model(a, b, text))
+    with pytest.raises(ValueError, match="unknown compile scope 'layers'"):
+        maybe_compile(model, scope="layers")

@@ -39,7 +39,7 @@ class BenchCase:
     arithmetic: str = "fast"  # "fast" (inference kernels) or "plain" (the specification's formulas)
     tile: int | None = None  # tiled inference with this tile size
     overlap: int = 64
-    compile: bool = False
+    compile: str | None = None  # torch.compile: None, "model" (one graph) or "blocks" (each Restormer block)
     threads: int | None = None  # torch.set_num_threads on the CPU; None keeps PyTorch's default
     weights: str | None = None  # a checkpoint instead of the preset's random initialisation
     huge_pages: bool = True  # THP_MEM_ALLOC_ENABLE in the measuring process (run_isolated only)
@@ -157,7 +157,7 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
     a = torch.rand(case.batch, 1, case.height, case.width, generator=generator).to(device)
     b = torch.rand(case.batch, 1, case.height, case.width, generator=generator).to(device)
 
-    network = maybe_compile(model) if case.compile else model
+    network = maybe_compile(model, scope=case.compile) if case.compile else model
 
     def call() -> None:
         if case.tile:
@@ -225,7 +225,11 @@ def markdown_table(results: list[BenchResult]) -> str:
     for r in results:
         c = r.case
         tile = f"{c.tile}/{c.overlap}" if c.tile else "-"
-        arithmetic = c.arithmetic + (" +compile" if c.compile else "") + (" (4 KiB pages)" if not c.huge_pages else "")
+        arithmetic = (
+            c.arithmetic
+            + (f" +compile ({c.compile})" if c.compile else "")
+            + (" (4 KiB pages)" if not c.huge_pages else "")
+        )
         if r.error:
             timing = f"error: {r.error} | | | |"
         else:

@@ -4,8 +4,9 @@
   fast kernels of ``upfusion.model.fast_ops``), plus autocast for ``bf16``/``fp16``, or TF32
   switched off for ``fp32`` on CUDA (TF32 would move the hard channel selections, spec section 6).
   Under autocast the channel scores behind every top-k selection are still computed in float32.
-- ``maybe_compile(model)``: ``torch.compile`` when it works here, else the eager model and a
-  warning (no compiler, an unsupported platform, or a failure on the first call).
+- ``maybe_compile(model, scope)``: ``torch.compile`` of the whole model or of each Restormer
+  block, when it works here, else the eager model and a warning (no compiler, an unsupported
+  platform, or a failure on the first call).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_SCOPES = ("model", "blocks")
 
 
 @contextlib.contextmanager
@@ -51,9 +53,12 @@ def inference_context(device: torch.device | str, precision: str = "fp32") -> It
 class _CompiledOrEager:
     """Calls the compiled model; if compiling or running it fails, warns once and stays eager."""
 
-    def __init__(self, model: torch.nn.Module, compiled: Callable[..., Any]) -> None:
+    def __init__(
+        self, model: torch.nn.Module, compiled: Callable[..., Any] | None, undo: Callable[[], None] | None = None
+    ) -> None:
         self.model = model
-        self.compiled: Callable[..., Any] | None = compiled
+        self.compiled = compiled
+        self.undo = undo  # puts the model's own modules back where compiled ones were swapped in
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is not None:
@@ -67,6 +72,8 @@ class _CompiledOrEager:
                     stacklevel=2,
                 )
                 self.compiled = None
+                if self.undo is not None:
+                    self.undo()
         return self.model(*args, **kwargs)
 
     @property
@@ -74,13 +81,45 @@ class _CompiledOrEager:
         return self.compiled is not None
 
 
-def maybe_compile(model: torch.nn.Module, mode: str | None = None) -> _CompiledOrEager:
-    """``torch.compile(model)`` behind a fallback to the eager model (checked on the first call).
+def _compile_blocks(model: torch.nn.Module, mode: str | None) -> Callable[[], None]:
+    """Swaps each Restormer block of ``model`` for its compiled self; returns the undo."""
+    from .model.blocks import TransformerBlock
 
+    swaps = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, TransformerBlock)
+    ]
+
+    def undo() -> None:
+        for parent, name, child in swaps:
+            setattr(parent, name, child)
+
+    try:
+        for parent, name, child in swaps:
+            setattr(parent, name, torch.compile(child, mode=mode, dynamic=False))
+    except Exception:
+        undo()
+        raise
+    return undo
+
+
+def maybe_compile(model: torch.nn.Module, mode: str | None = None, scope: str = "model") -> _CompiledOrEager:
+    """``torch.compile`` behind a fallback to the eager model (checked on the first call).
+
+    ``scope="model"`` compiles the whole network into one graph; ``scope="blocks"`` compiles each
+    Restormer block on its own (regional compilation) and leaves the rest eager: the blocks of
+    one width share their compiled code, so compiling takes a fraction of the time. This
+    changes ``model`` in place (its blocks become compiled wrappers) until a failure undoes it.
     Compilation happens on the first call for each input shape and can take minutes on a CPU;
     it pays on GPUs (fused element-wise kernels, fewer launches), rarely on CPUs.
     """
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"unknown compile scope {scope!r} (use {', '.join(COMPILE_SCOPES)})")
     try:
+        if scope == "blocks":
+            return _CompiledOrEager(model, model, _compile_blocks(model, mode))
         compiled = torch.compile(model, mode=mode, dynamic=False)
     except Exception as exc:
         warnings.warn(f"torch.compile is not available here ({exc}); running eagerly", RuntimeWarning, stacklevel=2)

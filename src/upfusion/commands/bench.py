@@ -30,6 +30,7 @@ examples:
   upfusion bench --preset paper default --size 640x480 1920x1080 --arithmetic fast plain
   upfusion bench --device cuda --precision fp32 bf16 --batch 1 8 --json gpu.json --markdown gpu.md
   upfusion bench --size 3840x2160 --tile 1024              # tiled inference of a 4K pair
+  upfusion bench --device cuda --precision bf16 --arithmetic plain --compile blocks   # compiled blocks
 """
 
 
@@ -54,7 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tile", type=int, metavar="PX", help="tiled inference with PX x PX tiles")
     p.add_argument("--overlap", type=int, default=64, metavar="PX", help="tile overlap (default 64)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager on failure)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="model",
+        choices=("model", "blocks"),  # upfusion.inference.COMPILE_SCOPES (not imported: no torch at start-up)
+        help="torch.compile the whole model (default) or each Restormer block (faster to compile); "
+        "falls back to eager on failure",
+    )
     p.add_argument("--runs", type=int, default=5, metavar="N", help="timed calls (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed calls first (default 1)")
     p.add_argument(
