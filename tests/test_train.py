@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -241,6 +242,20 @@ def test_init_weights_starts_a_new_run_from_a_checkpoint(folders, tmp_path):
         train(
             _config(folders, tmp_path / "x", init_weights=str(first), model={**SMALL_MODEL, "dim": 16}), progress=False
         )
+
+
+def test_init_weights_brings_the_checkpoints_backbone(folders, tmp_path):
+    with_backbone = {**SMALL_MODEL, "semantic_backbone": "efficientnet_lite0", "backbone_dim": 1280}
+    first = train(_config(folders, tmp_path / "first", model=with_backbone, steps=1), progress=False)
+    assert json.loads(first.read_text())["semantic_backbone"]["weights"] == "final.backbone.safetensors"  # random
+    tuned = train(
+        _config(
+            folders, tmp_path / "tuned", model=with_backbone, init_weights=str(first), backbone_weights="pretrained"
+        ),
+        progress=False,
+    )
+    started, ended = (load_network(p)[0].channel_select.backbone.state_dict() for p in (first, tuned))
+    assert all(torch.equal(started[k], ended[k]) for k in started)  # not ImageNet's: the checkpoint's
 
 
 def test_config_file_then_command_line(folders, tmp_path):

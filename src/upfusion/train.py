@@ -246,8 +246,9 @@ def _text_embedding(config: TrainConfig, text_dim: int) -> tuple[np.ndarray, str
     return vector, encoder, prompt, precision
 
 
-def _initial_weights(path: str, mconf: ModelConfig) -> tuple[dict[str, torch.Tensor], Path, dict[str, Any]]:
-    """(network weights, weights file, text info) of the checkpoint a fine-tuning run starts from."""
+def _initial_weights(path: str, mconf: ModelConfig) -> tuple[dict[str, torch.Tensor], Path, dict[str, Any], str]:
+    """(network weights, weights file, text info, backbone weights) of the checkpoint a
+    fine-tuning run starts from; the backbone's is "pretrained" or the file stored beside it."""
     from .fuse import resolve_weights
     from .pretrained.checkpoint import load_tensors, read_record
 
@@ -266,7 +267,9 @@ def _initial_weights(path: str, mconf: ModelConfig) -> tuple[dict[str, torch.Ten
         "prompt": record.get("prompt", ""),
         "precision": record.get("text_embedding_precision", "unknown"),
     }
-    return load_tensors(weights_path, record.get("weights_sha256")), weights_path, text_info
+    stored = (record.get("semantic_backbone") or {}).get("weights", "pretrained")
+    backbone = "pretrained" if stored == "pretrained" else str(record_path.parent / stored)
+    return load_tensors(weights_path, record.get("weights_sha256")), weights_path, text_info, backbone
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = 8) -> torch.Tensor:
@@ -419,14 +422,19 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
 
     # model, optimizer, schedule
     mconf = model_config(config.model)
+    init = None
+    if state is None and config.init_weights:
+        init = _initial_weights(config.init_weights, mconf)
+        if mconf.uses_backbone:  # the checkpoint's frozen backbone comes with it (a resume rebuilds it)
+            config = dataclasses.replace(config, backbone_weights=init[3])
     torch.manual_seed(config.seed)
     model = build_model(mconf, backbone_weights=config.backbone_weights).to(device)
     model.train()
     init_text = None
-    if state is None and config.init_weights:
+    if init is not None:
         from .pretrained.checkpoint import BACKBONE_PREFIX, load_state_strict
 
-        weights, weights_path, init_text = _initial_weights(config.init_weights, mconf)
+        weights, weights_path, init_text, _ = init
         load_state_strict(model, weights, weights_path, ignore_prefix=BACKBONE_PREFIX)
     if state is not None:
         text_vec = np.asarray(state["text"]["vector"], dtype=np.float32)

@@ -22,8 +22,8 @@ with it override the saved run's; a new --steps or --epochs changes the run's le
 cosine schedule then follows the new length from that step on.
 
 --init-weights starts a new run (fresh Adam state and schedule) from a checkpoint's weights, to
-fine-tune them, e.g. the bundled 'default' weights on your own pairs. The run then uses the
-checkpoint's prompt embedding unless --prompt or --text-embedding is given.
+fine-tune them, e.g. the bundled 'default' weights on your own pairs. The checkpoint's frozen
+backbone comes with them, and its prompt embedding unless --prompt or --text-embedding is given.
 """
 
 EPILOG = """\

