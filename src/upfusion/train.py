@@ -422,20 +422,18 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
 
     # model, optimizer, schedule
     mconf = model_config(config.model)
-    init = None
+    init_weights = init_text = None
     if state is None and config.init_weights:
-        init = _initial_weights(config.init_weights, mconf)
+        init_weights, init_path, init_text, init_backbone = _initial_weights(config.init_weights, mconf)
         if mconf.uses_backbone:  # the checkpoint's frozen backbone comes with it (a resume rebuilds it)
-            config = dataclasses.replace(config, backbone_weights=init[3])
+            config = dataclasses.replace(config, backbone_weights=init_backbone)
     torch.manual_seed(config.seed)
     model = build_model(mconf, backbone_weights=config.backbone_weights).to(device)
     model.train()
-    init_text = None
-    if init is not None:
+    if init_weights is not None:
         from .pretrained.checkpoint import BACKBONE_PREFIX, load_state_strict
 
-        weights, weights_path, init_text, _ = init
-        load_state_strict(model, weights, weights_path, ignore_prefix=BACKBONE_PREFIX)
+        load_state_strict(model, init_weights, init_path, ignore_prefix=BACKBONE_PREFIX)
     if state is not None:
         text_vec = np.asarray(state["text"]["vector"], dtype=np.float32)
         text_info = state["text"]
