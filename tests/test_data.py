@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import shared_path
-from upfusion.data import FusionPairs, index_pairs, luma, read_image_u8
+from upfusion.data import CONTRAST_GAIN_MAX, FusionPairs, index_pairs, luma, read_image_u8
 from upfusion.errors import UpfusionError
 
 
@@ -115,6 +115,45 @@ def test_blackout_zeroes_both_sources_outside_an_ellipse_at_its_rate(pairs):
     assert 40 <= hits <= 80  # 200 draws at p 0.3: 60 expected
     with pytest.raises(ValueError, match="blackout"):
         FusionPairs([pairs], crop=32, blackout=1.5)
+
+
+def test_self_pairs_give_one_source_twice_from_the_same_crop(pairs):
+    plain = FusionPairs([pairs], crop=32, small="skip", seed=3)
+    always = FusionPairs([pairs], crop=32, small="skip", seed=3, self_pairs=1.0)
+    picked = set()
+    for epoch in range(8):
+        plain.set_epoch(epoch), always.set_epoch(epoch)
+        for i in range(len(always)):
+            (a, b), (a0, b0) = always[i], plain[i]
+            assert torch.equal(a, b)
+            assert torch.equal(a, a0) or torch.equal(a, b0)  # the same crop and flips, one source
+            picked.add("a" if torch.equal(a, a0) else "b")
+    assert picked == {"a", "b"}
+    sometimes = FusionPairs([pairs], crop=32, small="skip", seed=3, self_pairs=0.3)
+    hits = 0
+    for epoch in range(100):
+        sometimes.set_epoch(epoch)
+        hits += sum(bool(torch.equal(*sometimes[i])) for i in range(len(sometimes)))
+    assert 40 <= hits <= 80  # 200 draws at p 0.3: 60 expected (B is A's negative, never equal)
+    with pytest.raises(ValueError, match="self_pairs"):
+        FusionPairs([pairs], crop=32, self_pairs=-0.1)
+
+
+def test_contrast_brightens_each_source_by_its_own_gain_and_clips_at_one(pairs):
+    plain = FusionPairs([pairs], crop=32, small="skip", seed=3)
+    always = FusionPairs([pairs], crop=32, small="skip", seed=3, contrast=1.0)
+    gains = []
+    for i in range(len(always)):
+        for x, x0 in zip(always[i], plain[i], strict=True):
+            unclipped = (x < 1) & (x0 > 0.05)
+            gain = (x[unclipped] / x0[unclipped]).mean().item()
+            assert 1.0 <= gain <= CONTRAST_GAIN_MAX
+            torch.testing.assert_close(x, torch.clamp(x0 * gain, max=1.0), atol=1e-5, rtol=1e-5)
+            gains.append(gain)
+    assert len({round(g, 4) for g in gains}) == len(gains)  # a gain of its own per source
+    assert any(bool((x == 1).sum() > (x0 == 1).sum()) for x, x0 in zip(always[0], plain[0], strict=True))  # saturates
+    with pytest.raises(ValueError, match="contrast"):
+        FusionPairs([pairs], crop=32, contrast=2.0)
 
 
 def test_colour_becomes_bt601_luma(tmp_path):

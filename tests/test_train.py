@@ -317,6 +317,10 @@ def test_errors_before_training(folders, tmp_path):
         train(_config(folders, tmp_path / "x", batch_size=7), progress=False)
     with pytest.raises(UpfusionError, match="black_margin is a level in"):
         train(_config(folders, tmp_path / "x", black_margin=-0.1), progress=False)
+    with pytest.raises(UpfusionError, match="self_pairs is a probability in"):
+        train(_config(folders, tmp_path / "x", self_pairs=1.5), progress=False)
+    with pytest.raises(UpfusionError, match="contrast is a probability in"):
+        train(_config(folders, tmp_path / "x", contrast=-1.0), progress=False)
     with pytest.raises(UpfusionError, match="text embedding has 16 values; the model takes 384"):
         train(_config(folders, tmp_path / "x", model={**SMALL_MODEL, "text_dim": 384}), progress=False)
 

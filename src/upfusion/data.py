@@ -77,6 +77,9 @@ def index_pairs(sources: Sequence[tuple[str | Path, str | Path]]) -> PairIndex:
     return index
 
 
+CONTRAST_GAIN_MAX = 2.5  # the largest gain of the contrast augmentation
+
+
 class FusionPairs(Dataset):
     """Random crops of registered pairs: ``(a, b)`` tensors ``[1, crop, crop]`` in [0, 1].
 
@@ -89,6 +92,12 @@ class FusionPairs(Dataset):
       ellipse, as a scanner's field of view or a rectified camera's border. Infrared-visible
       training data hardly holds pure black; without it the network paints the black
       background of medical images a few grey levels up.
+    - ``self_pairs``: probability that a crop's pair is one source twice, ``(a, a)`` or
+      ``(b, b)`` (either alike). The fused image of an image with itself is that image, and
+      asking for it trains the network to pass fine detail through unchanged.
+    - ``contrast``: probability that a crop's sources are brightened, each by its own gain drawn
+      from [1, ``CONTRAST_GAIN_MAX``] and clipped at 1: higher-contrast texture and saturated
+      areas (as bone in CT), which infrared-visible data seldom holds.
     - ``exclude``: stems to leave out (held-out validation pairs).
     - Images are decoded once and kept in memory as uint8 (about 1.3 bytes per pixel per
       source); luma is computed per crop.
@@ -102,6 +111,8 @@ class FusionPairs(Dataset):
         small: str = "pad",
         flips: bool = True,
         blackout: float = 0.0,
+        self_pairs: float = 0.0,
+        contrast: float = 0.0,
         seed: int = 0,
         exclude: Sequence[str] = (),
         only: Sequence[str] | None = None,
@@ -110,11 +121,14 @@ class FusionPairs(Dataset):
             raise ValueError(f"small must be 'pad' or 'skip', not {small!r}")
         if crop is not None and crop < 8:
             raise ValueError(f"crop must be at least 8 pixels, not {crop}")
-        if not 0.0 <= blackout <= 1.0:
-            raise ValueError(f"blackout is a probability in [0, 1], not {blackout}")
+        for name, p in (("blackout", blackout), ("self_pairs", self_pairs), ("contrast", contrast)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1], not {p}")
         self.crop = crop
         self.flips = flips
         self.blackout = blackout
+        self.self_pairs = self_pairs
+        self.contrast = contrast
         self.seed = seed
         self.epoch = 0
         index = index_pairs(sources)
@@ -168,6 +182,13 @@ class FusionPairs(Dataset):
         if self.blackout and rng.random() < self.blackout:
             field_of_view = _random_ellipse(rng, c)
             ya, yb = ya * field_of_view, yb * field_of_view
+        # Drawn after the older augmentations, and only when asked, so that runs without them
+        # keep their exact crops.
+        if self.self_pairs and rng.random() < self.self_pairs:
+            ya = yb = ya if rng.random() < 0.5 else yb
+        if self.contrast and rng.random() < self.contrast:
+            gain_a, gain_b = rng.uniform(1.0, CONTRAST_GAIN_MAX, 2)
+            ya, yb = np.minimum(ya * gain_a, 1.0), np.minimum(yb * gain_b, 1.0)
         return _tensor(ya), _tensor(yb)
 
 
