@@ -256,6 +256,11 @@ def test_init_weights_brings_the_checkpoints_backbone(folders, tmp_path):
     )
     started, ended = (load_network(p)[0].channel_select.backbone.state_dict() for p in (first, tuned))
     assert all(torch.equal(started[k], ended[k]) for k in started)  # not ImageNet's: the checkpoint's
+    # a backbone file that is not the one the record names is refused, as load_network refuses it
+    backbone_file = tmp_path / "first" / "final.backbone.safetensors"
+    backbone_file.write_bytes(backbone_file.read_bytes()[:-1] + b" ")
+    with pytest.raises(UpfusionError, match=r"final.backbone.safetensors: sha256 does not match"):
+        train(_config(folders, tmp_path / "again", model=with_backbone, init_weights=str(first)), progress=False)
 
 
 def test_config_file_then_command_line(folders, tmp_path):

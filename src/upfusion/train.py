@@ -270,8 +270,11 @@ def _initial_weights(path: str, mconf: ModelConfig) -> tuple[dict[str, torch.Ten
         "prompt": record.get("prompt", ""),
         "precision": record.get("text_embedding_precision", "unknown"),
     }
-    stored = (record.get("semantic_backbone") or {}).get("weights", "pretrained")
+    entry = record.get("semantic_backbone") or {}
+    stored = entry.get("weights", "pretrained")
     backbone = "pretrained" if stored == "pretrained" else str(record_path.parent / stored)
+    if backbone != "pretrained":  # checked (sha256) as load_network checks it; build_backbone reads it again
+        load_tensors(Path(backbone), entry.get("sha256"))
     return load_tensors(weights_path, record.get("weights_sha256")), weights_path, text_info, backbone
 
 
