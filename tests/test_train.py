@@ -282,10 +282,14 @@ def test_every_option_has_a_command_line_flag():
 
 def test_shipped_recipes_parse():
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("default.yaml", "paper.yaml", "default_finetune_gpu.yaml"):
+    for name in ("default.yaml", "paper.yaml", "default_finetune_gpu.yaml", "default_finetune_cpu.yaml"):
         config = TrainConfig.from_dict(load_config_file(root / name), source=name)
         config.validate()
-    for name in ("default.yaml", "default_finetune_gpu.yaml"):  # the shipped weights' phases: no LLVIP
+    for name in (
+        "default.yaml",
+        "default_finetune_gpu.yaml",
+        "default_finetune_cpu.yaml",
+    ):  # the shipped weights' phases: no LLVIP
         shipped = TrainConfig.from_dict(load_config_file(root / name))
         assert shipped.model == "default" and not any("llvip" in a or "llvip" in b for a, b in shipped.data)
 
