@@ -122,7 +122,8 @@ def test_self_pairs_give_one_source_twice_from_the_same_crop(pairs):
     always = FusionPairs([pairs], crop=32, small="skip", seed=3, self_pairs=1.0)
     picked = set()
     for epoch in range(8):
-        plain.set_epoch(epoch), always.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        always.set_epoch(epoch)
         for i in range(len(always)):
             (a, b), (a0, b0) = always[i], plain[i]
             assert torch.equal(a, b)

@@ -285,11 +285,8 @@ def test_shipped_recipes_parse():
     for name in ("default.yaml", "paper.yaml", "default_finetune_gpu.yaml", "default_finetune_cpu.yaml"):
         config = TrainConfig.from_dict(load_config_file(root / name), source=name)
         config.validate()
-    for name in (
-        "default.yaml",
-        "default_finetune_gpu.yaml",
-        "default_finetune_cpu.yaml",
-    ):  # the shipped weights' phases: no LLVIP
+    phases = ("default.yaml", "default_finetune_gpu.yaml", "default_finetune_cpu.yaml")
+    for name in phases:  # the shipped weights' phases: no LLVIP
         shipped = TrainConfig.from_dict(load_config_file(root / name))
         assert shipped.model == "default" and not any("llvip" in a or "llvip" in b for a, b in shipped.data)
 
