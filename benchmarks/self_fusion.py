@@ -21,18 +21,14 @@ from quality import DATASETS
 from shared_data import DATA
 
 
-def grey(path: Path) -> np.ndarray:
-    image = Image.open(path)
-    return np.asarray(image.convert("L") if image.mode != "L" else image)
-
-
 def fidelity(fuser, folder: Path, max_images: int) -> tuple[float, float]:
     """Mean PSNR (dB) and mean absolute difference (grey levels) of fuse(x, x) against x."""
+    from upfusion.pairing import list_images
+
     psnrs, diffs = [], []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".bmp", ".tif"))[
-        :max_images
-    ]:
-        x = grey(path)
+    for path in list(list_images(folder).values())[:max_images]:
+        with Image.open(path) as image:
+            x = np.asarray(image.convert("L"))
         d = fuser.fuse(x, x).astype(np.float64) - x
         psnrs.append(10 * np.log10(255.0**2 / max(float(np.mean(d * d)), 1e-12)))
         diffs.append(float(np.mean(np.abs(d))))
@@ -47,7 +43,7 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: all)")
     parser.add_argument("--max-images", type=int, default=10, help="images per source folder (default 10)")
     args = parser.parse_args()
-    fusers = {w: upfusion.load(None if w == "default" else w) for w in args.weights}
+    fusers = {w: upfusion.load(w) for w in args.weights}
     print(f"fuse(x, x) against x, grey, first {args.max_images} images of each folder: PSNR dB / mean |diff|\n")
     print("| folder | " + " | ".join(args.weights) + " |")
     print("|---|" + "---:|" * len(args.weights))

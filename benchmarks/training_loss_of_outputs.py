@@ -30,6 +30,7 @@ def luma(path: Path) -> torch.Tensor:
 
 def main() -> None:
     from upfusion.losses import get_loss
+    from upfusion.pairing import pair_by_stem
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="benchmarks/quality.py's --out")
@@ -44,9 +45,7 @@ def main() -> None:
         folder_a, folder_b = (DATA / sub for sub in DATASETS[name])
         for method in args.methods.split(","):
             totals, parts = [], []
-            for fused in sorted((args.out / name / method).iterdir()):
-                a = next(folder_a.glob(fused.stem + ".*"))
-                b = next(folder_b.glob(fused.stem + ".*"))
+            for _, (a, b, fused) in pair_by_stem(folder_a, folder_b, args.out / name / method).pairs:
                 with torch.no_grad():
                     value, named = loss(luma(a), luma(b), luma(fused))
                 totals.append(float(value))
