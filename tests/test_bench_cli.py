@@ -103,6 +103,15 @@ def test_bench_tiled_batched_configuration(checkpoint, tmp_path, capsys):
     assert result["pairs_per_s"] == pytest.approx(2 / result["latency_s"])
 
 
+def test_bench_takes_bundled_weights_by_name(tmp_path, capsys):
+    out_json = tmp_path / "r.json"
+    argv = ["bench", "--weights", "default", "--size", "32x32", "--device", "cpu", "--runs", "1", "--warmup", "0"]
+    assert main([*argv, "--no-huge-pages", "--json", str(out_json)]) == 0
+    (result,) = json.loads(out_json.read_text())["results"]
+    assert result["error"] is None and result["case"]["weights"].endswith("default.json")
+    assert "| default | 32x32 |" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -43,7 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", nargs="+", default=["default"], metavar="NAME", help="presets (default: default)")
-    p.add_argument("--weights", metavar="CHECKPOINT", help="measure this checkpoint instead of presets")
+    p.add_argument(
+        "--weights",
+        metavar="CHECKPOINT",
+        help="measure this checkpoint (a path, or bundled weights by name: default) instead of presets",
+    )
     p.add_argument(
         "--size", nargs="+", default=["640x480"], metavar="WxH", help="image sizes, multiples of 8 (default 640x480)"
     )
@@ -101,12 +105,14 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import write_bytes_atomic
     from ..benchmark import BenchCase, machine_description, markdown_table, parse_size, run_isolated
     from ..errors import UpfusionError
+    from ..fuse import resolve_weights
     from ..presets import PRESETS
     from ..pretrained.checkpoint import checkpoint_paths
 
     if args.weights:
-        checkpoint_paths(args.weights)  # fails early, naming the file
-        models = [dict(weights=str(Path(args.weights).resolve()))]
+        weights = resolve_weights(args.weights)  # a bundled name ("default") or a path, as fuse takes
+        checkpoint_paths(weights)  # fails early, naming the file
+        models = [dict(weights=str(Path(weights).resolve()))]
     else:
         unknown = [name for name in args.preset if name not in PRESETS]
         if unknown:
