@@ -11,7 +11,7 @@ import torch
 from upfusion.errors import UpfusionError
 from upfusion.model import ModelConfig, UPFusion
 from upfusion.presets import PRESETS, build_model
-from upfusion.pretrained.checkpoint import load_network, save_checkpoint
+from upfusion.pretrained.checkpoint import load_network, save_checkpoint, verify_weights_file
 
 SMALL = ModelConfig(
     dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 1, 2, 4), num_refinement_blocks=1, semantic_backbone=None, text_dim=16
@@ -62,6 +62,17 @@ def test_corrupt_weights_fail_the_sha256_check(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(UpfusionError, match=r"m\.safetensors: sha256 does not match"):
         load_network(tmp_path / "m")
+
+
+def test_verify_weights_file_checks_presence_and_sha256(tmp_path):
+    record = json.loads(_save(UPFusion(SMALL), tmp_path / "m").read_text())
+    weights = tmp_path / "m.safetensors"
+    verify_weights_file(weights, record["weights_sha256"])  # the file as saved passes
+    verify_weights_file(weights, None)  # no sha256 on record: presence only
+    with pytest.raises(UpfusionError, match=r"m\.safetensors: sha256 does not match"):
+        verify_weights_file(weights, "0" * 64)
+    with pytest.raises(UpfusionError, match=r"gone\.safetensors: weights file not found"):
+        verify_weights_file(tmp_path / "gone.safetensors", record["weights_sha256"])
 
 
 def test_wrong_architecture_names_missing_and_unexpected_keys(tmp_path):

@@ -253,7 +253,7 @@ def _initial_weights(path: str, mconf: ModelConfig) -> tuple[dict[str, torch.Ten
     """(network weights, weights file, text info, backbone weights) of the checkpoint a
     fine-tuning run starts from; the backbone's is "pretrained" or the file stored beside it."""
     from .fuse import resolve_weights
-    from .pretrained.checkpoint import load_tensors, read_record
+    from .pretrained.checkpoint import load_tensors, read_record, verify_weights_file
 
     record, record_path, weights_path = read_record(resolve_weights(path))
     theirs = record.get("model_config") or {}
@@ -273,8 +273,8 @@ def _initial_weights(path: str, mconf: ModelConfig) -> tuple[dict[str, torch.Ten
     entry = record.get("semantic_backbone") or {}
     stored = entry.get("weights", "pretrained")
     backbone = "pretrained" if stored == "pretrained" else str(record_path.parent / stored)
-    if backbone != "pretrained":  # checked (sha256) as load_network checks it; build_backbone reads it again
-        load_tensors(Path(backbone), entry.get("sha256"))
+    if backbone != "pretrained":  # checked (sha256) as load_network checks it; build_backbone reads it
+        verify_weights_file(Path(backbone), entry.get("sha256"))
     return load_tensors(weights_path, record.get("weights_sha256")), weights_path, text_info, backbone
 
 

@@ -157,6 +157,18 @@ def read_record(path: str | Path) -> tuple[dict[str, Any], Path, Path]:
     return record, record_path, weights_path
 
 
+def _sha256_mismatch(path: Path) -> UpfusionError:
+    return UpfusionError(f"{path}: sha256 does not match its checkpoint record (corrupt or replaced file)")
+
+
+def verify_weights_file(path: Path, expected_sha256: str | None) -> None:
+    """Checks that a weights file exists and has its record's sha256, without deserializing it."""
+    if not path.is_file():
+        raise UpfusionError(f"{path}: weights file not found")
+    if expected_sha256 and sha256_of(path) != expected_sha256:
+        raise _sha256_mismatch(path)
+
+
 def load_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
@@ -164,7 +176,7 @@ def load_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Ten
         raise UpfusionError(f"{path}: weights file not found")
     data = path.read_bytes()
     if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise UpfusionError(f"{path}: sha256 does not match its checkpoint record (corrupt or replaced file)")
+        raise _sha256_mismatch(path)
     try:
         return load(data)
     except Exception as exc:
