@@ -282,13 +282,19 @@ def test_every_option_has_a_command_line_flag():
 
 def test_shipped_recipes_parse():
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("default.yaml", "paper.yaml", "default_finetune_gpu.yaml", "default_finetune_cpu.yaml"):
+    phases = ("default.yaml", "default_finetune_gpu.yaml", "default_finetune_cpu.yaml", "default_finetune_cpu2.yaml")
+    assert {p.name for p in root.glob("*.yaml")} == {"paper.yaml", *phases}
+    for name in ("paper.yaml", *phases):
         config = TrainConfig.from_dict(load_config_file(root / name), source=name)
         config.validate()
-    phases = ("default.yaml", "default_finetune_gpu.yaml", "default_finetune_cpu.yaml")
-    for name in phases:  # the shipped weights' phases: no LLVIP
+    previous_out = None
+    for name in phases:  # the shipped weights' phases: no LLVIP, each starting from the one before
         shipped = TrainConfig.from_dict(load_config_file(root / name))
         assert shipped.model == "default" and not any("llvip" in a or "llvip" in b for a, b in shipped.data)
+        assert shipped.init_weights == (previous_out and f"{previous_out}/final.json"), name
+        previous_out = shipped.out
+    record = json.loads((root.parent / "src/upfusion/weights/default.json").read_text())
+    assert record["training"]["recipe"] == ", then ".join(f"configs/{name}" for name in phases)
 
 
 def test_cosine_schedule():
