@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights:
         weights = resolve_weights(args.weights)  # a bundled name ("default") or a path, as fuse takes
         checkpoint_paths(weights)  # fails early, naming the file
-        models = [dict(weights=str(Path(weights).resolve()))]
+        models = [dict(weights=str(weights.resolve()))]
     else:
         unknown = [name for name in args.preset if name not in PRESETS]
         if unknown:
