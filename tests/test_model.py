@@ -7,6 +7,7 @@ import torch
 
 from conftest import shared_path
 from upfusion.model import GAM, SCPM, TCPM, LayerNorm2d, ModelConfig, UPFusion
+from upfusion.model.blocks import DepthwiseConv3x3, depthwise3x3_shifted
 from upfusion.presets import PRESETS, build_model
 
 SMALL = ModelConfig(
@@ -184,3 +185,29 @@ def test_gradients_reach_trained_parts_only():
     # hard top-k selections: the SE and text MLPs never get a gradient (spec section 6)
     assert model.encoder_shuffle_channel1.text_fc[0].weight.grad is None
     assert model.encoder_shuffle_channel1.se_fc[0].weight.grad is None
+
+
+def test_depthwise_conv_by_shifts_is_the_convolution():
+    torch.manual_seed(3)
+    x, weight = torch.randn(2, 5, 7, 11), torch.randn(5, 1, 3, 3)
+    conv = torch.nn.functional.conv2d(x, weight, padding=1, groups=5)
+    assert torch.allclose(depthwise3x3_shifted(x, weight), conv, atol=1e-5)
+    half = depthwise3x3_shifted(x.bfloat16(), weight)
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), conv, atol=0.1, rtol=0.02)
+
+
+def test_depthwise_conv_takes_the_shifts_only_while_compiling(monkeypatch):
+    layer = DepthwiseConv3x3(4)
+    x = torch.randn(1, 4, 6, 6)
+    calls = []
+    monkeypatch.setattr(
+        "upfusion.model.blocks.depthwise3x3_shifted", lambda x, w: calls.append(1) or layer._conv_forward(x, w, None)
+    )
+    layer(x)
+    assert calls == []
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    layer(x)
+    assert calls == [1]
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)  # torch.export keeps the convolution
+    layer(x)
+    assert calls == [1]
