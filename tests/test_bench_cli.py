@@ -164,7 +164,7 @@ def test_compile_option_names_its_scope():
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     assert parser.parse_args(["bench"]).compile is None
-    assert parser.parse_args(["bench", "--compile"]).compile == "model"
+    assert parser.parse_args(["bench", "--compile"]).compile == "blocks"
     assert [parser.parse_args(["bench", "--compile", s]).compile for s in COMPILE_SCOPES] == list(COMPILE_SCOPES)
     case = BenchCase(arithmetic="plain", compile="blocks")
     assert "| plain +compile (blocks) |" in markdown_table([BenchResult(case, latency_s=0.5, pairs_per_s=2.0)])

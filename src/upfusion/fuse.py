@@ -10,6 +10,7 @@ Classic methods (``upfusion.baselines``) run through the same pipeline: ``load(m
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from PIL import Image
 from . import imaging
 from .errors import UpfusionError
 from .imaging import FusedImage, SourceImage
-from .inference import PRECISIONS
+from .inference import COMPILE_SCOPES, PRECISIONS, maybe_compile
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = "default"
@@ -154,6 +155,7 @@ class Fuser:
         name: str = "",
         tile: int | str | None = "auto",
         overlap: int = 64,
+        compile: str | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.precision = check_precision(precision, self.device)
@@ -162,6 +164,10 @@ class Fuser:
         self.name = name
         self.tile = check_tile(tile, overlap)
         self.overlap = overlap
+        self.compile = check_compile(compile)
+        # what runs: the model, or (compile=) its torch.compile'd self, eager again if compiling fails
+        # (tiled inference calls the model's stages through it, with the blocks compiled in place)
+        self.network = maybe_compile(self.model, scope=self.compile) if self.compile else self.model
         self._told: set[tuple[int, int]] = set()  # sizes already announced as tiled
 
     def __repr__(self) -> str:
@@ -262,13 +268,24 @@ class Fuser:
     def _run_network(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The network on padded ``[N, 1, H8, W8]`` tensors, in this fuser's precision, tiled when needed."""
         from .inference import inference_context
+        from .model import fast_ops
         from .tiling import tiled_forward
 
         tile = self.tile_for(a.shape[0], a.shape[-2], a.shape[-1])
-        with inference_context(self.device, self.precision):
+        # Compiled, the network runs the specification's formulas, which the compiler fuses; the
+        # eager inference kernels (fast_ops) are tuned for CPU caches and do not trace well.
+        arithmetic = fast_ops.plain_arithmetic() if self.compile else contextlib.nullcontext()
+        with inference_context(self.device, self.precision), arithmetic:
             if tile is None:
-                return self.model(a, b, self.text).float()
-            return tiled_forward(self.model, a, b, self.text, tile=tile, overlap=min(self.overlap, tile // 2))
+                return self.network(a, b, self.text).float()
+            return tiled_forward(self.network, a, b, self.text, tile=tile, overlap=min(self.overlap, tile // 2))
+
+
+def check_compile(compile: str | None) -> str | None:
+    """``compile`` as the fuser uses it: None (eager) or a ``torch.compile`` scope, "blocks" or "model"."""
+    if compile is not None and compile not in COMPILE_SCOPES:
+        raise UpfusionError(f"compile must be one of {', '.join(COMPILE_SCOPES)} (or None), not {compile!r}")
+    return compile
 
 
 def check_tile(tile: int | str | None, overlap: int = 64) -> int | str | None:
@@ -340,6 +357,7 @@ def load(
     method: str = "upfusion",
     tile: int | str | None = "auto",
     overlap: int = 64,
+    compile: str | None = None,
 ) -> Fuser:
     """A ready ``Fuser``.
 
@@ -351,7 +369,10 @@ def load(
     the name of a classic method in ``upfusion.baselines`` (then weights, device and precision
     are not used). ``tile``: ``"auto"`` (default: tiled only when an image would not fit in
     the free memory), 0 or None (never), or a tile side in pixels (multiple of 8); ``overlap``:
-    pixels shared by neighbouring tiles (``upfusion.tiling``).
+    pixels shared by neighbouring tiles (``upfusion.tiling``). ``compile``: None (default,
+    eager), ``"blocks"`` (``torch.compile`` of each Restormer block: pays on GPUs, compiles in
+    about a minute per input size) or ``"model"`` (one graph; compiles for many minutes); a
+    compiler failure warns and falls back to eager.
     """
     if method != "upfusion":
         return load_baseline(method)
@@ -361,7 +382,7 @@ def load(
     torch_device = resolve_device(device)
     precision = check_precision(precision, torch_device, warn=False)  # fail before loading weights
     check_tile(tile, overlap)
+    check_compile(compile)
     model, text = load_network(checkpoint, device=torch_device)
-    return Fuser(
-        model, text, torch_device, precision, name=str(name_or_path or DEFAULT_WEIGHTS), tile=tile, overlap=overlap
-    )
+    name = str(name_or_path or DEFAULT_WEIGHTS)
+    return Fuser(model, text, torch_device, precision, name=name, tile=tile, overlap=overlap, compile=compile)

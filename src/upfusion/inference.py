@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-COMPILE_SCOPES = ("model", "blocks")
+COMPILE_SCOPES = ("blocks", "model")
 
 
 @contextlib.contextmanager
@@ -79,6 +79,10 @@ class _CompiledOrEager:
     @property
     def is_compiled(self) -> bool:
         return self.compiled is not None
+
+    def __getattr__(self, name: str) -> Any:
+        # the model's own methods and attributes (tiled inference calls its stages one by one)
+        return getattr(self.__dict__["model"], name)
 
 
 def _compile_blocks(model: torch.nn.Module, mode: str | None) -> Callable[[], None]:

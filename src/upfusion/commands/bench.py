@@ -62,10 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compile",
         nargs="?",
-        const="model",
-        choices=("model", "blocks"),  # upfusion.inference.COMPILE_SCOPES (not imported: no torch at start-up)
-        help="torch.compile the whole model (default) or each Restormer block (faster to compile); "
-        "falls back to eager on failure",
+        const="blocks",
+        choices=("blocks", "model"),  # upfusion.inference.COMPILE_SCOPES (not imported: no torch at start-up)
+        help="torch.compile each Restormer block (default scope) or the whole model (one graph, many minutes "
+        "to compile); falls back to eager on failure",
     )
     p.add_argument("--runs", type=int, default=5, metavar="N", help="timed calls (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed calls first (default 1)")

@@ -38,6 +38,7 @@ examples:
   upfusion fuse --mri mri.png --pet pet.png --out fused/ --format png
   upfusion fuse --vis big_vis.png --ir big_ir.png --out fused/ --tile 1024
   upfusion fuse --a a/ --b b/ --out out/ --weights runs/exp1/best.json --device cuda --precision bf16
+  upfusion fuse --a a/ --b b/ --out out/ --device cuda --precision bf16 --batch-size 8 --compile   # GPU, many pairs
 """
 
 
@@ -143,6 +144,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--overlap", type=int, default=64, metavar="PX", help="pixels shared by neighbouring tiles (default 64)"
+    )
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="blocks",
+        choices=("blocks", "model"),  # upfusion.inference.COMPILE_SCOPES (not imported: no torch at start-up)
+        help="torch.compile each Restormer block (default scope; about a minute per image size) or the whole "
+        "model (many minutes); pays on GPUs with --batch-size, not on CPUs; falls back to eager on failure",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="print each file written")
@@ -259,7 +268,12 @@ def _run(args: argparse.Namespace, rank: Any, who: str) -> int:
     if todo:
         if args.method == "upfusion":
             fuser = load(
-                args.weights, device=args.device, precision=args.precision, tile=args.tile, overlap=args.overlap
+                args.weights,
+                device=args.device,
+                precision=args.precision,
+                tile=args.tile,
+                overlap=args.overlap,
+                compile=args.compile,
             )
         else:
             fuser = load(method=args.method)
