@@ -17,6 +17,7 @@ peak memory is its own. Real image pairs come from ../shared/data (see its MANIF
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 
@@ -248,7 +249,7 @@ def profile(args: argparse.Namespace) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from upfusion.inference import inference_context
+    from upfusion.inference import inference_context, maybe_compile
     from upfusion.model import fast_ops
     from upfusion.presets import build_model
 
@@ -267,23 +268,29 @@ def profile(args: argparse.Namespace) -> None:
             torch.manual_seed(0)
             model = build_model(preset).eval().to(device)
             text = torch.randn(1, model.config.text_dim, device=device)
-            a, b = (torch.rand(1, 1, height, width, device=device) for _ in range(2))
-            for arithmetic in ("plain", "fast"):
+            a, b = (torch.rand(args.batch, 1, height, width, device=device) for _ in range(2))
+            network = maybe_compile(model, scope=args.compile) if args.compile else model
+            for arithmetic in args.arithmetic:
                 fast_ops.set_fast_inference(arithmetic == "fast")
                 with inference_context(device, args.precision):
-                    model(a, b, text)  # warm-up
+                    for _ in range(3 if args.compile else 1):  # warm-up (and compilation)
+                        network(a, b, text)
                     with torch_profile(activities=activities) as prof:
-                        model(a, b, text)
+                        network(a, b, text)
                         if cuda:
                             torch.cuda.synchronize(device)
+                    by_module = (
+                        time_by_module(model, functools.partial(network, a, b, text), device) if args.by_module else {}
+                    )
                 fast_ops.set_fast_inference(True)
 
                 events = sorted(prof.key_averages(), key=self_time, reverse=True)
                 total = sum(self_time(e) for e in events)
                 where = "GPU kernel" if cuda else "operator"
+                compiled = f", {args.compile} compiled" if args.compile else ""
                 print(
-                    f"\n**{preset} {width}x{height} {args.precision} on {device.type}, {arithmetic}**: "
-                    f"{total / 1e6:.4f} s of {where} time\n"
+                    f"\n**{preset} {width}x{height} batch {args.batch} {args.precision} on {device.type}, "
+                    f"{arithmetic}{compiled}**: {total / 1e6:.4f} s of {where} time\n"
                 )
                 print("| operator | calls | self time (s) | share |")
                 print("|---|---:|---:|---:|")
@@ -291,6 +298,51 @@ def profile(args: argparse.Namespace) -> None:
                     print(
                         f"| `{e.key[:80]}` | {e.count} | {self_time(e) / 1e6:.4f} | {100 * self_time(e) / total:.0f}% |"
                     )
+                if by_module:
+                    whole = sum(by_module.values())
+                    print("\n| module (top level) | time (ms) | share |\n|---|---:|---:|")
+                    for name, ms in sorted(by_module.items(), key=lambda kv: kv[1], reverse=True)[: args.top]:
+                        print(f"| `{name}` | {ms:.2f} | {100 * ms / whole:.0f}% |")
+
+
+def time_by_module(model: torch.nn.Module, call, device: torch.device) -> dict[str, float]:
+    """Milliseconds spent in each top-level module of ``model`` during one ``call`` (wall time on
+    the CPU, CUDA events on a GPU; a module called twice is summed)."""
+    cuda = device.type == "cuda"
+    spent: dict[str, float] = {}
+    open_marks: dict[str, object] = {}
+
+    def mark():
+        if cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def before(name):
+        return lambda module, inputs: open_marks.__setitem__(name, mark())
+
+    def after(name):
+        def hook(module, inputs, output):
+            spent.setdefault(name, [])
+            spent[name].append((open_marks.pop(name), mark()))
+
+        return hook
+
+    handles = []
+    for name, child in model.named_children():
+        handles.append(child.register_forward_pre_hook(before(name)))
+        handles.append(child.register_forward_hook(after(name)))
+    try:
+        call()
+        if cuda:
+            torch.cuda.synchronize(device)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if cuda:
+        return {name: sum(s.elapsed_time(e) for s, e in marks) for name, marks in spent.items()}
+    return {name: 1000 * sum(e - s for s, e in marks) for name, marks in spent.items()}
 
 
 def main() -> None:
@@ -305,6 +357,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="profile: cpu or cuda")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="profile only")
     parser.add_argument("--top", type=int, default=8, help="profile: operators listed")
+    parser.add_argument("--batch", type=int, default=1, help="profile: pairs per call")
+    parser.add_argument("--arithmetic", nargs="+", default=["plain", "fast"], help="profile: plain, fast")
+    parser.add_argument("--compile", choices=["model", "blocks"], help="profile: torch.compile first")
+    parser.add_argument("--by-module", action="store_true", help="profile: time of each top-level module too")
     args = parser.parse_args()
     print(f"<!-- {machine_description()} -->")
     commands = {"speed": speed, "exactness": exactness, "tiling": tiling, "precision": precision, "large": large}

@@ -5,54 +5,84 @@
 #
 # Needs: the package importable (installed, or PYTHONPATH=src plus its dependencies), a CUDA
 # GPU, and for the precision table and the CUDA tests a few MSRS test pairs under
-# $UPFUSION_SHARED/data/msrs/test; for the training check, folder pairs in $TRAIN_DATA
-# (one "VI_DIR IR_DIR" pair per line) and the prompt embedding in $TEXT_EMBEDDING (.npy).
-# Writes log.txt, the bench JSON files and the training log to $OUT.
+# $UPFUSION_SHARED/data/msrs/test; for training, the data its config names.
+# Writes log.txt, the bench JSON files and the training log and weights to $OUT.
+#
+# SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile large
+# profile train", all but train by default. The training section runs
+# `upfusion train --config $TRAIN_CONFIG` for at most $TRAIN_SECONDS (it saves its state when
+# stopped) and copies the weights it ended with and its log to $OUT/train.
 set -u
 PY=${PYTHON:-python3}
 OUT=${OUT:-gpu_out}
+SECTIONS=${SECTIONS:-tests precision bench compile large profile}
 mkdir -p "$OUT"
 log() { echo "=== $* ($(date +%T))" | tee -a "$OUT/log.txt"; }
 run() { "$@" 2>&1 | tee -a "$OUT/log.txt"; }
+section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 log machine
 run nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 run "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 
-log "CUDA tests"
-run timeout 180 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_speed_equivalence.py tests/test_fuse.py
+if section tests; then
+    log "CUDA tests"
+    run timeout 180 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_speed_equivalence.py tests/test_fuse.py
+fi
 
-log "bf16 / fp16 against fp32, default weights, real 640x480 pairs"
-run timeout 120 "$PY" benchmarks/bench_inference.py precision --count 4
+if section precision; then
+    log "bf16 / fp16 against fp32, default weights, real 640x480 pairs"
+    run timeout 120 "$PY" benchmarks/bench_inference.py precision --count 4
 
-log "fp32: plain (reference arithmetic) and fast"
-run timeout 400 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 \
-    --arithmetic plain fast --precision fp32 --runs 10 --warmup 2 --json "$OUT/bench_fp32.json"
-log "bf16 / fp16, batch 1 and 8"
-run timeout 400 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 \
-    --precision bf16 fp16 --batch 1 8 --runs 10 --warmup 2 --json "$OUT/bench_half.json"
-log "bf16, plain arithmetic (the profile of 2026-11-26 had the fast path's GPU kernels slower)"
-run timeout 200 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 \
-    --precision bf16 --arithmetic plain --runs 10 --warmup 2 --json "$OUT/bench_half_plain.json"
-log "torch.compile of each Restormer block, bf16, plain arithmetic (whole-model compiles outlasted 145 s)"
-run timeout 400 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 --precision bf16 \
-    --arithmetic plain --batch 1 8 --compile blocks --runs 10 --warmup 3 --timeout 180 --json "$OUT/bench_compile.json"
-log "large images, bf16"
-run timeout 300 "$PY" -m upfusion bench --device cuda --preset paper default --size 1920x1080 3840x2160 \
-    --precision bf16 --runs 5 --warmup 1 --timeout 120 --json "$OUT/bench_large.json"
+    log "fp32: plain (reference arithmetic) and fast"
+    run timeout 400 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 \
+        --arithmetic plain fast --precision fp32 --runs 10 --warmup 2 --json "$OUT/bench_fp32.json"
 
-log "where the GPU time goes, paper preset, bf16"
-run timeout 120 "$PY" benchmarks/bench_inference.py profile --device cuda --precision bf16 --presets paper --top 10
+    log "bf16 / fp16, batch 1 and 8"
+    run timeout 400 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 \
+        --precision bf16 fp16 --batch 1 8 --runs 10 --warmup 2 --json "$OUT/bench_half.json"
 
-if [ -n "${TRAIN_DATA:-}" ]; then
-    log "training on the GPU (bf16 autocast), default preset"
-    data=()
-    while read -r vi ir; do data+=(--data "$vi" "$ir"); done <<<"$TRAIN_DATA"
-    run timeout "${TRAIN_SECONDS:-150}" "$PY" -m upfusion train "${data[@]}" --model default \
-        --text-embedding "$TEXT_EMBEDDING" --crop 192 --batch-size 16 --steps "${TRAIN_STEPS:-300}" --lr 5e-4 \
-        --warmup-steps 20 --grad-clip 1 --device cuda --amp auto --workers 4 --log-every 10 --val-holdout 3 \
-        --val-every 100 --val-max-pairs 2 --checkpoint-every 100 --out /tmp/gpu_train --no-progress
-    cp /tmp/gpu_train/log.csv "$OUT/train_log.csv" 2>/dev/null
+    log "bf16, plain arithmetic (the profile of 2026-11-26 had the fast path's GPU kernels slower)"
+    run timeout 200 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 \
+        --precision bf16 --arithmetic plain --runs 10 --warmup 2 --json "$OUT/bench_half_plain.json"
+fi
+
+if section train; then
+    log "training on the GPU: ${TRAIN_CONFIG:?TRAIN_CONFIG names the config} ${TRAIN_ARGS:-}"
+    # shellcheck disable=SC2086  # TRAIN_ARGS is a list of options
+    run timeout -s TERM "${TRAIN_SECONDS:-300}" "$PY" -m upfusion train --config "$TRAIN_CONFIG" \
+        --out /tmp/gpu_train --no-progress ${TRAIN_ARGS:-}
+    mkdir -p "$OUT/train"
+    cp /tmp/gpu_train/log.csv "$OUT/train/"
+    if [ -f /tmp/gpu_train/final.json ]; then
+        cp /tmp/gpu_train/final.json /tmp/gpu_train/final.safetensors "$OUT/train/"
+    else  # stopped by the time limit: the checkpoint it saved on the way out
+        last=$(ls /tmp/gpu_train/checkpoints/step_*.json | tail -1)
+        cp "$last" "${last%.json}.safetensors" "$OUT/train/"
+    fi
+fi
+
+if section compile; then
+    # Regional compilation: whole-model compiles outlasted 145 s twice. Eager first, same machine.
+    log "paper preset, bf16, plain arithmetic, batch 8: eager, then each Restormer block compiled"
+    run timeout 60 "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 \
+        --arithmetic plain --batch 8 --runs 10 --warmup 2 --json "$OUT/bench_eager.json"
+    for batch in 8 1; do  # one call each, so that a cut-off second call keeps the first's JSON
+        run "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 \
+            --arithmetic plain --batch "$batch" --compile blocks --runs 10 --warmup 3 \
+            --timeout "${COMPILE_SECONDS:-200}" --json "$OUT/bench_compile_b$batch.json"
+    done
+fi
+
+if section large; then
+    log "large images, bf16"
+    run timeout 300 "$PY" -m upfusion bench --device cuda --preset paper default --size 1920x1080 3840x2160 \
+        --precision bf16 --runs 5 --warmup 1 --timeout 120 --json "$OUT/bench_large.json"
+fi
+
+if section profile; then
+    log "where the GPU time goes, paper preset, bf16"
+    run timeout 120 "$PY" benchmarks/bench_inference.py profile --device cuda --precision bf16 --presets paper --top 10
 fi
 
 log done
