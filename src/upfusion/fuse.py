@@ -370,9 +370,9 @@ def load(
     are not used). ``tile``: ``"auto"`` (default: tiled only when an image would not fit in
     the free memory), 0 or None (never), or a tile side in pixels (multiple of 8); ``overlap``:
     pixels shared by neighbouring tiles (``upfusion.tiling``). ``compile``: None (default,
-    eager), ``"blocks"`` (``torch.compile`` of each Restormer block: pays on GPUs, compiles in
-    about a minute per input size) or ``"model"`` (one graph; compiles for many minutes); a
-    compiler failure warns and falls back to eager.
+    eager), ``"blocks"`` (``torch.compile`` of each Restormer block: pays on GPUs, compiles for
+    about a minute per input shape, that is per image size and batch size) or ``"model"`` (one
+    graph; compiles for many minutes); a compiler failure warns and falls back to eager.
     """
     if method != "upfusion":
         return load_baseline(method)

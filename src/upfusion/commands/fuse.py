@@ -150,8 +150,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="?",
         const="blocks",
         choices=("blocks", "model"),  # upfusion.inference.COMPILE_SCOPES (not imported: no torch at start-up)
-        help="torch.compile each Restormer block (default scope; about a minute per image size) or the whole "
-        "model (many minutes); pays on GPUs with --batch-size, not on CPUs; falls back to eager on failure",
+        help="torch.compile each Restormer block (default scope; about a minute per image size and batch "
+        "size) or the whole model (many minutes); pays on GPUs with --batch-size, not on CPUs; falls back to "
+        "eager on failure",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="print each file written")
