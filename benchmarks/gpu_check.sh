@@ -8,14 +8,14 @@
 # $UPFUSION_SHARED/data/msrs/test; for training, the data its config names.
 # Writes log.txt, the bench JSON files and the training log and weights to $OUT.
 #
-# SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile large
-# profile train", all but train by default. The training section runs
+# SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile cudagraphs
+# large profile train", all but train by default. The training section runs
 # `upfusion train --config $TRAIN_CONFIG` for at most $TRAIN_SECONDS (it saves its state when
 # stopped) and copies the weights it ended with and its log to $OUT/train.
 set -u
 PY=${PYTHON:-python3}
 OUT=${OUT:-gpu_out}
-SECTIONS=${SECTIONS:-tests precision bench compile large profile}
+SECTIONS=${SECTIONS:-tests precision bench compile cudagraphs large profile}
 mkdir -p "$OUT"
 log() { echo "=== $* ($(date +%T))" | tee -a "$OUT/log.txt"; }
 run() { "$@" 2>&1 | tee -a "$OUT/log.txt"; }
@@ -72,6 +72,13 @@ if section compile; then
             --arithmetic plain --batch "$batch" --compile blocks --runs 10 --warmup 3 \
             --timeout "${COMPILE_SECONDS:-200}" --json "$OUT/bench_compile_b$batch.json"
     done
+fi
+
+if section cudagraphs; then
+    log "compiled blocks with CUDA graphs (--compile-mode reduce-overhead), paper preset, bf16, batch 1 and 8"
+    run "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 --arithmetic plain \
+        --batch 1 8 --compile blocks --compile-mode reduce-overhead --runs 10 --warmup 3 \
+        --timeout "${COMPILE_SECONDS:-200}" --json "$OUT/bench_cudagraphs.json"
 fi
 
 if section large; then

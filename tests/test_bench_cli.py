@@ -120,6 +120,7 @@ def test_bench_takes_bundled_weights_by_name(tmp_path, capsys):
         (["--size", "100x100"], "multiples of 8"),
         (["--device", "cpu", "--precision", "fp16"], "fp16 runs on CUDA"),
         (["--weights", "/nonexistent/ckpt.json"], "/nonexistent/ckpt.json"),
+        (["--compile-mode", "reduce-overhead"], "--compile-mode needs --compile"),
     ],
 )
 def test_bad_options_give_one_line_errors(args, message, capsys):
@@ -168,3 +169,8 @@ def test_compile_option_names_its_scope():
     assert [parser.parse_args(["bench", "--compile", s]).compile for s in COMPILE_SCOPES] == list(COMPILE_SCOPES)
     case = BenchCase(arithmetic="plain", compile="blocks")
     assert "| plain +compile (blocks) |" in markdown_table([BenchResult(case, latency_s=0.5, pairs_per_s=2.0)])
+    args = parser.parse_args(["bench", "--compile", "--compile-mode", "reduce-overhead"])
+    assert (args.compile, args.compile_mode) == ("blocks", "reduce-overhead")
+    case = BenchCase(compile="blocks", compile_mode="reduce-overhead")
+    table = markdown_table([BenchResult(case, latency_s=0.5, pairs_per_s=2.0)])
+    assert "| fast +compile (blocks, reduce-overhead) |" in table

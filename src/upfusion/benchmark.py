@@ -40,6 +40,7 @@ class BenchCase:
     tile: int | None = None  # tiled inference with this tile size
     overlap: int = 64
     compile: str | None = None  # torch.compile: None, "model" (one graph) or "blocks" (each Restormer block)
+    compile_mode: str | None = None  # torch.compile's mode ("reduce-overhead": CUDA graphs; "max-autotune"...)
     threads: int | None = None  # torch.set_num_threads on the CPU; None keeps PyTorch's default
     weights: str | None = None  # a checkpoint instead of the preset's random initialisation
     huge_pages: bool = True  # THP_MEM_ALLOC_ENABLE in the measuring process (run_isolated only)
@@ -157,7 +158,7 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
     a = torch.rand(case.batch, 1, case.height, case.width, generator=generator).to(device)
     b = torch.rand(case.batch, 1, case.height, case.width, generator=generator).to(device)
 
-    network = maybe_compile(model, scope=case.compile) if case.compile else model
+    network = maybe_compile(model, mode=case.compile_mode, scope=case.compile) if case.compile else model
 
     def call() -> None:
         if case.tile:
@@ -227,7 +228,7 @@ def markdown_table(results: list[BenchResult]) -> str:
         tile = f"{c.tile}/{c.overlap}" if c.tile else "-"
         arithmetic = (
             c.arithmetic
-            + (f" +compile ({c.compile})" if c.compile else "")
+            + (f" +compile ({', '.join(filter(None, (c.compile, c.compile_mode)))})" if c.compile else "")
             + (" (4 KiB pages)" if not c.huge_pages else "")
         )
         if r.error:

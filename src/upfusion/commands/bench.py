@@ -67,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch.compile each Restormer block (default scope) or the whole model (one graph, many minutes "
         "to compile); falls back to eager on failure",
     )
+    p.add_argument(
+        "--compile-mode",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        help="torch.compile's mode, with --compile (reduce-overhead: CUDA graphs)",
+    )
     p.add_argument("--runs", type=int, default=5, metavar="N", help="timed calls (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed calls first (default 1)")
     p.add_argument(
@@ -127,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
             raise UpfusionError(f"--size {width}x{height}: use multiples of 8 (fuse pads images to them)")
     if args.runs < 1 or args.warmup < 0 or min(args.batch) < 1:
         raise UpfusionError("--runs and --batch must be at least 1, --warmup at least 0")
+    if args.compile_mode and not args.compile:
+        raise UpfusionError("--compile-mode needs --compile")
     devices = _devices(args.device)
     for device in devices:
         if device == "cpu" and "fp16" in args.precision:
@@ -143,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             tile=args.tile,
             overlap=args.overlap,
             compile=args.compile,
+            compile_mode=args.compile_mode,
             threads=args.threads,
             huge_pages=args.huge_pages,
             **model,
