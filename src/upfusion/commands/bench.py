@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from . import add_compile_option
+
 DESCRIPTION = """\
 Times the fusion network on random inputs for every combination of the given presets (or a
 checkpoint), sizes, batch sizes, devices, precisions and arithmetic, and prints a markdown
@@ -59,13 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tile", type=int, metavar="PX", help="tiled inference with PX x PX tiles")
     p.add_argument("--overlap", type=int, default=64, metavar="PX", help="tile overlap (default 64)")
-    p.add_argument(
-        "--compile",
-        nargs="?",
-        const="blocks",
-        choices=("blocks", "model"),  # upfusion.inference.COMPILE_SCOPES (not imported: no torch at start-up)
-        help="torch.compile each Restormer block (default scope) or the whole model (one graph, many minutes "
-        "to compile); falls back to eager on failure",
+    add_compile_option(
+        p,
+        "torch.compile each Restormer block (default scope) or the whole model (one graph, many minutes to "
+        "compile); falls back to eager on failure",
     )
     p.add_argument(
         "--compile-mode",

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import add_compile_option
+
 DESCRIPTION = """\
 Fuses registered image pairs: A (visible, MRI or phase contrast) with B (infrared, CT, PET,
 SPECT or GFP). --a and --b are two files, or two folders whose images are paired by file
@@ -145,14 +147,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overlap", type=int, default=64, metavar="PX", help="pixels shared by neighbouring tiles (default 64)"
     )
-    p.add_argument(
-        "--compile",
-        nargs="?",
-        const="blocks",
-        choices=("blocks", "model"),  # upfusion.inference.COMPILE_SCOPES (not imported: no torch at start-up)
-        help="torch.compile each Restormer block (default scope; about a minute per image size and batch "
-        "size) or the whole model (many minutes); pays on GPUs with --batch-size, not on CPUs; falls back to "
-        "eager on failure",
+    add_compile_option(
+        p,
+        "torch.compile each Restormer block (default scope; about a minute per image size and batch size) or "
+        "the whole model (many minutes); pays on GPUs with --batch-size, not on CPUs; falls back to eager on "
+        "failure",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="print each file written")
