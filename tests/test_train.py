@@ -282,7 +282,14 @@ def test_every_option_has_a_command_line_flag():
 
 def test_shipped_recipes_parse():
     root = Path(__file__).resolve().parents[1] / "configs"
-    phases = ("default.yaml", "default_finetune_gpu.yaml", "default_finetune_cpu.yaml", "default_finetune_cpu2.yaml")
+    phases = (
+        "default.yaml",
+        "default_finetune_gpu.yaml",
+        "default_finetune_cpu.yaml",
+        "default_finetune_cpu2.yaml",
+        "default_finetune_gpu2.yaml",
+        "default_finetune_cpu3.yaml",
+    )
     assert {p.name for p in root.glob("*.yaml")} == {"paper.yaml", *phases}
     for name in ("paper.yaml", *phases):
         config = TrainConfig.from_dict(load_config_file(root / name), source=name)
