@@ -313,7 +313,7 @@ def time_by_module(model: torch.nn.Module, call, device: torch.device) -> dict[s
     """Milliseconds spent in each top-level module of ``model`` during one ``call`` (wall time on
     the CPU, CUDA events on a GPU; a module called twice is summed)."""
     cuda = device.type == "cuda"
-    spent: dict[str, float] = {}
+    spent: dict[str, list[tuple]] = {}  # name -> (start, end) marks, one pair a call
     open_marks: dict[str, object] = {}
 
     def mark():
@@ -328,8 +328,7 @@ def time_by_module(model: torch.nn.Module, call, device: torch.device) -> dict[s
 
     def after(name):
         def hook(module, inputs, output):
-            spent.setdefault(name, [])
-            spent[name].append((open_marks.pop(name), mark()))
+            spent.setdefault(name, []).append((open_marks.pop(name), mark()))
 
         return hook
 
