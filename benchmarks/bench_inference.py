@@ -26,8 +26,9 @@ import torch
 from shared_data import DATA
 
 from upfusion import imaging
-from upfusion.benchmark import BenchCase, machine_description, markdown_table, parse_size, run_isolated
+from upfusion.benchmark import ARITHMETIC, BenchCase, machine_description, markdown_table, parse_size, run_isolated
 from upfusion.fuse import WEIGHTS_DIR
+from upfusion.inference import COMPILE_SCOPES
 from upfusion.model import SCPM, TCPM
 from upfusion.model.fast_ops import plain_arithmetic
 from upfusion.pretrained.checkpoint import load_network
@@ -361,8 +362,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="profile only")
     parser.add_argument("--top", type=int, default=8, help="profile: operators listed")
     parser.add_argument("--batch", type=int, default=1, help="profile: pairs per call")
-    parser.add_argument("--arithmetic", nargs="+", default=["plain", "fast"], help="profile: plain, fast")
-    parser.add_argument("--compile", choices=["model", "blocks"], help="profile: torch.compile first")
+    parser.add_argument("--arithmetic", nargs="+", default=["plain", "fast"], choices=ARITHMETIC, help="profile only")
+    parser.add_argument("--compile", choices=COMPILE_SCOPES, help="profile: torch.compile first")
     parser.add_argument("--by-module", action="store_true", help="profile: time of each top-level module too")
     args = parser.parse_args()
     print(f"<!-- {machine_description()} -->")

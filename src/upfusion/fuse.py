@@ -272,8 +272,8 @@ class Fuser:
         from .tiling import tiled_forward
 
         tile = self.tile_for(a.shape[0], a.shape[-2], a.shape[-1])
-        # Compiled, the network runs the specification's formulas, which the compiler fuses; the
-        # eager inference kernels (fast_ops) are tuned for CPU caches and do not trace well.
+        # Compiled, the network runs the specification's formulas, which the compiler fuses: the
+        # form measured on a GPU (the eager inference kernels, fast_ops, are tuned for CPU caches).
         arithmetic = fast_ops.plain_arithmetic() if self.compile else contextlib.nullcontext()
         with inference_context(self.device, self.precision), arithmetic:
             if tile is None:
