@@ -9,9 +9,11 @@ from scipy import ndimage
 
 from upfusion.losses import (
     LOSSES,
+    TERM_WEIGHTS,
     black_margin_term,
     get_loss,
     paper_loss,
+    parse_term_weights,
     reference_loss,
     sobel_gradient,
     ssim,
@@ -114,6 +116,28 @@ def test_losses_are_differentiable_and_smallest_near_a_good_fusion(name, images)
     total.backward()
     assert f.grad is not None and torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0
     assert loss(_t(a), _t(b), _t(good))[0].item() < total.item()
+
+
+@pytest.mark.parametrize(
+    ("name", "weights"), [("reference", {"grad": 20, "ssim": 0}), ("paper", {"l1_a": 3, "l1_b": 0.5})]
+)
+def test_term_weights_replace_the_spec_ones(name, weights, images):
+    a, b, f = (_t(x) for x in images)
+    total, parts = get_loss(name, weights)(a, b, f)
+    spec_total, spec_parts = get_loss(name)(a, b, f)
+    assert parts == spec_parts  # the terms themselves are the same
+    expected = {**TERM_WEIGHTS[name], **weights}
+    assert total.item() == pytest.approx(sum(expected[k] * v for k, v in parts.items()), rel=1e-5)
+    assert total.item() != pytest.approx(spec_total.item(), rel=1e-3)
+
+
+def test_unknown_term_and_bad_weights_are_named():
+    with pytest.raises(ValueError, match="loss 'paper' has no term intensity; its terms: grad, l1_a, l1_b"):
+        get_loss("paper", {"intensity": 1})
+    assert parse_term_weights("grad=20, ssim=5e-1") == {"grad": 20.0, "ssim": 0.5}
+    for bad in ("grad", "grad=x", "=2"):
+        with pytest.raises(ValueError, match="loss weights are TERM=NUMBER"):
+            parse_term_weights(bad)
 
 
 def test_unknown_loss_is_named():

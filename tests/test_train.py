@@ -270,9 +270,13 @@ def test_config_file_then_command_line(folders, tmp_path):
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["train", "--config", str(toml), "--crop", "40", "--no-flips", "--grad-clip", "0.5"])
+    args = parser.parse_args(
+        ["train", "--config", str(toml), "--crop", "40", "--no-flips", "--grad-clip", "0.5", "--loss-weights", "grad=3"]
+    )
     config = build_config(args)
     assert (config.crop, config.steps, config.loss, config.flips, config.grad_clip) == (40, 5, "paper", False, 0.5)
+    config.validate()
+    assert config.loss_weights == {"grad": 3.0}
     assert config.lr == 1e-4 and config.model == "default"  # defaults: the paper's lr, the shipped preset
 
 
@@ -340,6 +344,8 @@ def test_errors_before_training(folders, tmp_path):
         train(_config(folders, tmp_path / "x", self_pairs=1.5), progress=False)
     with pytest.raises(UpfusionError, match="contrast is a probability in"):
         train(_config(folders, tmp_path / "x", contrast=-1.0), progress=False)
+    with pytest.raises(UpfusionError, match="loss 'reference' has no term l1_a; its terms: intensity, grad, ssim"):
+        train(_config(folders, tmp_path / "x", loss_weights={"l1_a": 1.0}), progress=False)
     with pytest.raises(UpfusionError, match="text embedding has 16 values; the model takes 384"):
         train(_config(folders, tmp_path / "x", model={**SMALL_MODEL, "text_dim": 384}), progress=False)
 

@@ -18,7 +18,8 @@ after the pipeline's clamp instead of hovering around it (the paper's SSIM, with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -62,18 +63,29 @@ def ssim(x: torch.Tensor, y: torch.Tensor, c1: float = 0.01**2, c2: float = 0.03
     return (num / den).mean()
 
 
-def paper_loss(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> LossResult:
+# Each loss's terms and their weights in the spec; ``get_loss(name, weights)`` may change them.
+TERM_WEIGHTS: dict[str, dict[str, float]] = {
+    "paper": {"grad": 1.0, "l1_a": 1.0, "l1_b": 1.0},
+    "reference": {"intensity": 10.0, "grad": 10.0, "ssim": 10.0},
+}
+
+
+def paper_loss(
+    a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, weights: Mapping[str, float] = TERM_WEIGHTS["paper"]
+) -> LossResult:
     """Spec eqs. 4-5: gradient L1 to ``max(grad A, grad B)`` plus L1 to each source (per-pixel means)."""
     grad = (sobel_gradient(f) - torch.maximum(sobel_gradient(a), sobel_gradient(b))).abs().mean()
     l1_a = (f - a).abs().mean()
     l1_b = (f - b).abs().mean()
-    total = grad + l1_a + l1_b
+    total = weights["grad"] * grad + weights["l1_a"] * l1_a + weights["l1_b"] * l1_b
     return total, {"grad": grad.item(), "l1_a": l1_a.item(), "l1_b": l1_b.item()}
 
 
-def reference_loss(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> LossResult:
+def reference_loss(
+    a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, weights: Mapping[str, float] = TERM_WEIGHTS["reference"]
+) -> LossResult:
     """The reference implementation's loss (spec section 8): intensity, gradient and
-    gradient-weighted SSIM terms, each times 10."""
+    gradient-weighted SSIM terms, each times 10 (``weights``)."""
     grad_a, grad_b = sobel_gradient(a), sobel_gradient(b)
     intensity = (f - torch.maximum(a, b)).abs().mean()
     grad = (sobel_gradient(f) - torch.maximum(grad_a, grad_b)).abs().mean()
@@ -82,7 +94,7 @@ def reference_loss(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> LossRes
     denom = (mean_a + mean_b).clamp_min(torch.finfo(a.dtype).tiny)
     w_a, w_b = mean_a / denom, mean_b / denom
     structure = 1 - (w_a * ssim(a, f) + w_b * ssim(b, f))
-    total = 10 * intensity + 10 * grad + 10 * structure
+    total = weights["intensity"] * intensity + weights["grad"] * grad + weights["ssim"] * structure
     return total, {"intensity": intensity.item(), "grad": grad.item(), "ssim": structure.item()}
 
 
@@ -117,9 +129,31 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
-def get_loss(name: str) -> LossFn:
-    """The loss function called ``name`` (see ``LOSSES``); ValueError names the known ones."""
+def get_loss(name: str, weights: Mapping[str, float] | None = None) -> LossFn:
+    """The loss function called ``name`` (see ``LOSSES``), with the terms named in ``weights``
+    weighted so instead of as the spec has them (``TERM_WEIGHTS``). ValueError names the known
+    losses or terms."""
     try:
-        return LOSSES[name]
+        loss = LOSSES[name]
     except KeyError:
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}") from None
+    if not weights:
+        return loss
+    unknown = sorted(set(weights) - set(TERM_WEIGHTS[name]))
+    if unknown:
+        raise ValueError(f"loss {name!r} has no term {', '.join(unknown)}; its terms: {', '.join(TERM_WEIGHTS[name])}")
+    return partial(loss, weights={**TERM_WEIGHTS[name], **{k: float(v) for k, v in weights.items()}})
+
+
+def parse_term_weights(text: str) -> dict[str, float]:
+    """``"grad=20,ssim=5"`` as ``{"grad": 20.0, "ssim": 5.0}``; ValueError says what is wrong."""
+    weights = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        term, sep, value = item.partition("=")
+        try:
+            weights[term.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not term.strip():
+            raise ValueError(f"loss weights are TERM=NUMBER,..., not {text!r}")
+    return weights

@@ -57,6 +57,7 @@ class TrainConfig:
     text_embedding: str | None = None  # a .npy file with the prompt embedding, instead of the encoder
     init_weights: str | None = None  # fine-tuning: start from this checkpoint's weights (a new run)
     loss: str = "reference"
+    loss_weights: dict[str, float] = field(default_factory=dict)  # terms weighted otherwise than in the spec
     crop: int = 192
     small: str = "pad"  # pairs with a side under crop: "pad" (zeros) or "skip"
     flips: bool = True
@@ -122,6 +123,14 @@ class TrainConfig:
                 raise UpfusionError(f"{name} is a probability in [0, 1], not {getattr(self, name)}")
         if not 0.0 <= self.black_margin < 1.0:
             raise UpfusionError(f"black_margin is a level in [0, 1), not {self.black_margin}")
+        from .losses import get_loss, parse_term_weights
+
+        try:
+            if isinstance(self.loss_weights, str):  # "grad=20,ssim=5", as the command line gives it
+                self.loss_weights = parse_term_weights(self.loss_weights)
+            get_loss(self.loss, self.loss_weights)
+        except ValueError as exc:
+            raise UpfusionError(str(exc)) from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -359,7 +368,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
     from torch.utils.data import DataLoader, DistributedSampler
 
     from .data import FusionPairs, index_pairs
-    from .losses import get_loss, with_black_margin
+    from .losses import TERM_WEIGHTS, get_loss, with_black_margin
     from .presets import build_model
     from .pretrained.checkpoint import save_checkpoint, split_state_dict
 
@@ -474,7 +483,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
-    loss_fn = get_loss(config.loss)
+    loss_fn = get_loss(config.loss, config.loss_weights)
     if config.black_margin:
         loss_fn = with_black_margin(loss_fn, config.black_margin)
 
@@ -509,8 +518,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         )
 
     log = val_log = tb = None
-    parts_names = {"paper": ["grad", "l1_a", "l1_b"], "reference": ["intensity", "grad", "ssim"]}[config.loss]
-    parts_names += ["black"] if config.black_margin else []
+    parts_names = [*TERM_WEIGHTS[config.loss], *(["black"] if config.black_margin else [])]
     if dist_info.main:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
         log = _CsvLog(

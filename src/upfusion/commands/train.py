@@ -46,6 +46,10 @@ HELP: dict[str, tuple[str, str | None]] = {
     "text_embedding": ("a .npy file with the prompt's embedding, instead of running the encoder", "FILE"),
     "init_weights": ("fine-tune: start from this checkpoint or bundled weights name (a new run)", "CKPT"),
     "loss": ("'reference' (default) or 'paper'", "NAME"),
+    "loss_weights": (
+        "weights of the loss's terms instead of the spec's, e.g. grad=20 (reference: intensity, grad, ssim, each 10)",
+        "T=W,...",
+    ),
     "crop": ("side of the random square crops (default 192)", "PX"),
     "small": ("pairs smaller than the crop: 'pad' with zeros (default) or 'skip'", "MODE"),
     "flips": ("random horizontal and vertical flips (default on)", None),
