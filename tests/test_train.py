@@ -158,6 +158,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def test_sigterm_to_the_process_group_saves_the_state_with_loader_workers(folders, tmp_path):
+    """As `timeout` or Ctrl-C stop a run: the signal reaches the data-loader workers too."""
+    import signal
+    import time
+
+    import yaml
+
+    options = _config(folders, tmp_path / "run", steps=100_000, workers=2, threads=1, log_every=1).to_dict()
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(options))
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "upfusion", "train", "--config", str(tmp_path / "run.yaml"), "--no-progress"]
+    run = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log, deadline = tmp_path / "run" / "log.csv", time.monotonic() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) > 3):
+        assert run.poll() is None and time.monotonic() < deadline, "the run stopped or logged nothing"
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode != 0
+    assert "state saved" in err and "killed by signal" not in err, err
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=False)["step"] >= 3
+
+
 def test_two_process_ddp_on_cpu(folders, tmp_path):
     config = tmp_path / "ddp.yaml"
     import yaml

@@ -356,6 +356,31 @@ def validate(
     return {k: v / count for k, v in sums.items()}
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _worker_ignores_stop_signals(worker_id: int) -> None:  # noqa: ARG001
+    """A data-loader worker leaves Ctrl-C and SIGTERM to the main process. Both reach the whole
+    process group (a terminal, ``timeout``); a worker killed by one made the loader raise
+    "worker killed by signal" in the main process before it could save its state. The worker
+    starts with both blocked (``_workers_started``), so none arrives before this."""
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _workers_started(loader):
+    """``iter(loader)``, its worker processes started with Ctrl-C and SIGTERM blocked; one that
+    arrives meanwhile reaches the main process when they are unblocked here."""
+    if not loader.num_workers:
+        return iter(loader)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 class _Stop(Exception):
     """SIGTERM: stop after saving, as Ctrl-C does."""
 
@@ -572,9 +597,14 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
             sampler.set_epoch(epoch)
             indices = list(sampler)[offset * config.batch_size : steps_per_epoch * config.batch_size]
             loader = DataLoader(
-                dataset, batch_size=config.batch_size, sampler=indices, drop_last=True, num_workers=config.workers
+                dataset,
+                batch_size=config.batch_size,
+                sampler=indices,
+                drop_last=True,
+                num_workers=config.workers,
+                worker_init_fn=_worker_ignores_stop_signals,
             )
-            for a, b in loader:
+            for a, b in _workers_started(loader):
                 a, b = a.to(device, non_blocking=True), b.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     fused = net(a, b, text)
