@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import shared_path
-from upfusion.data import CONTRAST_GAIN_MAX, FusionPairs, index_pairs, luma, read_image_u8
+from upfusion.data import CONTRAST_GAIN_MAX, DOWNSCALE_MIN, FusionPairs, index_pairs, luma, read_image_u8
 from upfusion.errors import UpfusionError
 
 
@@ -155,6 +155,35 @@ def test_contrast_brightens_each_source_by_its_own_gain_and_clips_at_one(pairs):
     assert any(bool((x == 1).sum() > (x0 == 1).sum()) for x, x0 in zip(always[0], plain[0], strict=True))  # saturates
     with pytest.raises(ValueError, match="contrast"):
         FusionPairs([pairs], crop=32, contrast=2.0)
+
+
+def test_downscale_shrinks_both_sources_alike(tmp_path):
+    ramp = np.tile(np.linspace(0, 254, 128), (100, 1)).round().astype(np.uint8)  # +2 grey levels a column
+    _write(tmp_path / "vi", "ramp.png", ramp)
+    _write(tmp_path / "ir", "ramp.png", 255 - ramp)
+    folders = (tmp_path / "vi", tmp_path / "ir")
+    plain = FusionPairs([folders], crop=32, flips=False, seed=2)
+    always = FusionPairs([folders], crop=32, flips=False, seed=2, downscale=1.0)
+    assert torch.equal(FusionPairs([folders], crop=32, flips=False, seed=2, downscale=0.0)[0][0], plain[0][0])
+    factors = []
+    for epoch in range(20):
+        plain.set_epoch(epoch)
+        always.set_epoch(epoch)
+        (a, b), (a0, _) = always[0], plain[0]
+        torch.testing.assert_close(a + b, torch.ones_like(a), atol=1e-5, rtol=0)  # aligned: B is still 1 - A
+        slope, slope0 = (a[0, :, 29] - a[0, :, 2]).mean(), (a0[0, :, 29] - a0[0, :, 2]).mean()
+        factors.append((slope0 / slope).item())  # a ramp shrunk by f climbs 1/f times as fast
+    assert all(DOWNSCALE_MIN - 0.03 <= f <= 1.03 for f in factors), factors
+    assert max(factors) - min(factors) > 0.2  # a factor drawn per crop
+    sometimes = FusionPairs([folders], crop=32, flips=False, seed=2, downscale=0.5)
+    hits = 0
+    for epoch in range(100):
+        plain.set_epoch(epoch)
+        sometimes.set_epoch(epoch)
+        hits += not torch.equal(sometimes[0][0], plain[0][0])
+    assert 35 <= hits <= 65
+    with pytest.raises(ValueError, match="downscale"):
+        FusionPairs([folders], crop=32, downscale=1.5)
 
 
 def test_colour_becomes_bt601_luma(tmp_path):

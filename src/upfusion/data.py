@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import UpfusionError
@@ -78,6 +79,7 @@ def index_pairs(sources: Sequence[tuple[str | Path, str | Path]]) -> PairIndex:
 
 
 CONTRAST_GAIN_MAX = 2.5  # the largest gain of the contrast augmentation
+DOWNSCALE_MIN = 0.4  # the smallest factor of the downscale augmentation
 
 
 class FusionPairs(Dataset):
@@ -98,6 +100,9 @@ class FusionPairs(Dataset):
     - ``contrast``: probability that a crop's sources are brightened, each by its own gain drawn
       from [1, ``CONTRAST_GAIN_MAX``] and clipped at 1: higher-contrast texture and saturated
       areas (as bone in CT), which infrared-visible data seldom holds.
+    - ``downscale``: probability that a crop is cut from the pair shrunk by a factor drawn from
+      [``DOWNSCALE_MIN``, 1) (antialiased, both sources alike): finer detail per pixel, as in
+      small images such as 256x256 medical slices, than a crop at the cameras' own scale.
     - ``exclude``: stems to leave out (held-out validation pairs).
     - Images are decoded once and kept in memory as uint8 (about 1.3 bytes per pixel per
       source); luma is computed per crop.
@@ -113,6 +118,7 @@ class FusionPairs(Dataset):
         blackout: float = 0.0,
         self_pairs: float = 0.0,
         contrast: float = 0.0,
+        downscale: float = 0.0,
         seed: int = 0,
         exclude: Sequence[str] = (),
         only: Sequence[str] | None = None,
@@ -121,7 +127,12 @@ class FusionPairs(Dataset):
             raise ValueError(f"small must be 'pad' or 'skip', not {small!r}")
         if crop is not None and crop < 8:
             raise ValueError(f"crop must be at least 8 pixels, not {crop}")
-        for name, p in (("blackout", blackout), ("self_pairs", self_pairs), ("contrast", contrast)):
+        for name, p in (
+            ("blackout", blackout),
+            ("self_pairs", self_pairs),
+            ("contrast", contrast),
+            ("downscale", downscale),
+        ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], not {p}")
         self.crop = crop
@@ -129,6 +140,7 @@ class FusionPairs(Dataset):
         self.blackout = blackout
         self.self_pairs = self_pairs
         self.contrast = contrast
+        self.downscale = downscale
         self.seed = seed
         self.epoch = 0
         index = index_pairs(sources)
@@ -173,6 +185,10 @@ class FusionPairs(Dataset):
         left = int(rng.integers(0, max(w - c, 0) + 1))
         ya = _pad_to(luma(a[top : top + c, left : left + c]), c)
         yb = _pad_to(luma(b[top : top + c, left : left + c]), c)
+        # its own random stream, so that the other draws, and runs without it, stay as they were
+        scale_rng = np.random.default_rng([self.seed, self.epoch, i, 1])
+        if self.downscale and scale_rng.random() < self.downscale:
+            ya, yb = _downscaled_crops(a, b, c, scale_rng)
         if self.flips:
             flip_h, flip_v = rng.random(2) < 0.5
             if flip_h:
@@ -190,6 +206,25 @@ class FusionPairs(Dataset):
             gain_a, gain_b = rng.uniform(1.0, CONTRAST_GAIN_MAX, 2)
             ya, yb = np.minimum(ya * gain_a, 1.0), np.minimum(yb * gain_b, 1.0)
         return _tensor(ya), _tensor(yb)
+
+
+def _downscaled_crops(
+    a: np.ndarray, b: np.ndarray, crop: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random window of side ``crop / factor`` of both sources' luma, shrunk by ``factor`` to
+    ``crop`` (PIL's antialiased bilinear), zero-padded where the image is smaller."""
+    factor = rng.uniform(DOWNSCALE_MIN, 1.0)
+    h, w = a.shape[:2]
+    side = round(crop / factor)
+    top = int(rng.integers(0, max(h - side, 0) + 1))
+    left = int(rng.integers(0, max(w - side, 0) + 1))
+    out = []
+    for x in (a, b):
+        window = luma(x[top : top + side, left : left + side])
+        size = (max(1, round(window.shape[1] * factor)), max(1, round(window.shape[0] * factor)))
+        shrunk = np.asarray(Image.fromarray(window).resize(size, Image.Resampling.BILINEAR))
+        out.append(_pad_to(np.clip(shrunk, 0.0, 1.0)[:crop, :crop], crop))
+    return out[0], out[1]
 
 
 def _random_ellipse(rng: np.random.Generator, size: int) -> np.ndarray:

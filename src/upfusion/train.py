@@ -64,6 +64,7 @@ class TrainConfig:
     blackout: float = 0.0  # probability of a crop blacked out outside a random ellipse (data.FusionPairs)
     self_pairs: float = 0.0  # probability of a crop fused with itself, (a, a) or (b, b) (data.FusionPairs)
     contrast: float = 0.0  # probability of a crop's sources brightened by random gains (data.FusionPairs)
+    downscale: float = 0.0  # probability of a crop cut from the pair shrunk by a random factor (data.FusionPairs)
     black_margin: float = 0.0  # > 0: losses.with_black_margin, output <= -margin where both sources are 0
     batch_size: int = 2  # per process
     steps: int | None = None
@@ -118,7 +119,7 @@ class TrainConfig:
             raise UpfusionError(f"amp must be auto, bf16 or off, not {self.amp!r}")
         if not (self.lr > 0 and 0 <= self.lr_min <= self.lr):
             raise UpfusionError(f"need lr > 0 and 0 <= lr_min <= lr (got lr={self.lr}, lr_min={self.lr_min})")
-        for name in ("blackout", "self_pairs", "contrast"):
+        for name in ("blackout", "self_pairs", "contrast", "downscale"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UpfusionError(f"{name} is a probability in [0, 1], not {getattr(self, name)}")
         if not 0.0 <= self.black_margin < 1.0:
@@ -443,6 +444,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         blackout=config.blackout,
         self_pairs=config.self_pairs,
         contrast=config.contrast,
+        downscale=config.downscale,
         seed=config.seed,
         exclude=held_out,
     )

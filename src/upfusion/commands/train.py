@@ -56,6 +56,10 @@ HELP: dict[str, tuple[str, str | None]] = {
     "blackout": ("probability that a crop is black outside a random ellipse, both sources (default 0)", "P"),
     "self_pairs": ("probability that a crop is one source fused with itself (default 0)", "P"),
     "contrast": ("probability that a crop's sources are brightened by random gains up to 2.5 (default 0)", "P"),
+    "downscale": (
+        "probability that a crop is cut from the pair shrunk by a random factor in [0.4, 1) (default 0)",
+        "P",
+    ),
     "black_margin": ("ask for output <= -M where both sources are 0, so black stays 0 (default 0: off)", "M"),
     "batch_size": ("crops per step and process (default 2)", "N"),
     "steps": ("length of the run in optimizer steps", "N"),
@@ -95,6 +99,7 @@ _TYPES = {
     "blackout": float,
     "self_pairs": float,
     "contrast": float,
+    "downscale": float,
     "black_margin": float,
     "lr": float,
     "lr_min": float,
