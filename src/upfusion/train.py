@@ -367,13 +367,14 @@ def _worker_ignores_stop_signals(worker_id: int) -> None:  # noqa: ARG001
     starts with both blocked (``_workers_started``), so none arrives before this."""
     for signum in _STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    if hasattr(signal, "pthread_sigmask"):  # not on Windows
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 def _workers_started(loader):
     """``iter(loader)``, its worker processes started with Ctrl-C and SIGTERM blocked; one that
     arrives meanwhile reaches the main process when they are unblocked here."""
-    if not loader.num_workers:
+    if not loader.num_workers or not hasattr(signal, "pthread_sigmask"):  # Windows has no signal masks
         return iter(loader)
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
