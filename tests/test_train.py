@@ -170,12 +170,16 @@ def test_sigterm_to_the_process_group_saves_the_state_with_loader_workers(folder
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "upfusion", "train", "--config", str(tmp_path / "run.yaml"), "--no-progress"]
     run = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    log, deadline = tmp_path / "run" / "log.csv", time.monotonic() + 120
-    while not (log.is_file() and len(log.read_text().splitlines()) > 3):
-        assert run.poll() is None and time.monotonic() < deadline, "the run stopped or logged nothing"
-        time.sleep(0.2)
-    os.killpg(run.pid, signal.SIGTERM)
-    _, err = run.communicate(timeout=60)
+    try:
+        log, deadline = tmp_path / "run" / "log.csv", time.monotonic() + 120
+        while not (log.is_file() and len(log.read_text().splitlines()) > 3):
+            assert run.poll() is None and time.monotonic() < deadline, "the run stopped or logged nothing"
+            time.sleep(0.2)
+        os.killpg(run.pid, signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:  # nothing left running if the run hangs
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
     assert run.returncode != 0
     assert "state saved" in err and "killed by signal" not in err, err
     assert torch.load(tmp_path / "run" / "state.pt", weights_only=False)["step"] >= 3
@@ -316,6 +320,7 @@ def test_shipped_recipes_parse():
         "default_finetune_cpu2.yaml",
         "default_finetune_gpu2.yaml",
         "default_finetune_cpu3.yaml",
+        "default_finetune_cpu4.yaml",
     )
     assert {p.name for p in root.glob("*.yaml")} == {"paper.yaml", *phases}
     for name in ("paper.yaml", *phases):
