@@ -183,12 +183,13 @@ class FusionPairs(Dataset):
         c = self.crop
         top = int(rng.integers(0, max(h - c, 0) + 1))
         left = int(rng.integers(0, max(w - c, 0) + 1))
-        ya = _pad_to(luma(a[top : top + c, left : left + c]), c)
-        yb = _pad_to(luma(b[top : top + c, left : left + c]), c)
         # its own random stream, so that the other draws, and runs without it, stay as they were
         scale_rng = np.random.default_rng([self.seed, self.epoch, i, 1])
         if self.downscale and scale_rng.random() < self.downscale:
             ya, yb = _downscaled_crops(a, b, c, scale_rng)
+        else:
+            ya = _pad_to(luma(a[top : top + c, left : left + c]), c)
+            yb = _pad_to(luma(b[top : top + c, left : left + c]), c)
         if self.flips:
             flip_h, flip_v = rng.random(2) < 0.5
             if flip_h:
