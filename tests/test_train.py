@@ -321,6 +321,7 @@ def test_shipped_recipes_parse():
         "default_finetune_gpu2.yaml",
         "default_finetune_cpu3.yaml",
         "default_finetune_cpu4.yaml",
+        "default_finetune_cpu5.yaml",
     )
     assert {p.name for p in root.glob("*.yaml")} == {"paper.yaml", *phases}
     for name in ("paper.yaml", *phases):
