@@ -28,12 +28,13 @@ lint: $(STAMP)
 
 # Fuses the sample pairs shipped in samples/ with the bundled weights and a classic baseline,
 # then writes a picture grid and a metric table per kind of pair to demo_out/.
+# --overwrite: a rerun shows the installed weights, not an earlier run's fused images.
 DEMO_KINDS := msrs:vi:ir ct-mri:mri:ct pet-mri:mri:pet
 demo: $(STAMP)
 	@set -e; for kind in $(DEMO_KINDS); do \
 	  name=$${kind%%:*}; rest=$${kind#*:}; a=samples/$$name/$${rest%%:*}; b=samples/$$name/$${rest#*:}; \
-	  $(VENV)/bin/upfusion fuse --a $$a --b $$b --out demo_out/$$name/upfusion --quiet; \
-	  $(VENV)/bin/upfusion fuse --method laplacian --a $$a --b $$b --out demo_out/$$name/laplacian --quiet; \
+	  $(VENV)/bin/upfusion fuse --a $$a --b $$b --out demo_out/$$name/upfusion --overwrite --quiet; \
+	  $(VENV)/bin/upfusion fuse --method laplacian --a $$a --b $$b --out demo_out/$$name/laplacian --overwrite --quiet; \
 	  $(VENV)/bin/upfusion report --a $$a --b $$b --method UP-Fusion=demo_out/$$name/upfusion \
 	    --method Laplacian=demo_out/$$name/laplacian --metrics paper --out demo_out/$$name; \
 	done
