@@ -151,7 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p,
         "torch.compile each Restormer block (default scope; about a minute per image size and batch size) or "
         "the whole model (many minutes); pays on GPUs with --batch-size, not on CPUs; falls back to eager on "
-        "failure",
+        "failure; compiled code is kept for about two image sizes, further sizes run eagerly",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="print each file written")
