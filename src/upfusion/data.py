@@ -184,8 +184,9 @@ class FusionPairs(Dataset):
         top = int(rng.integers(0, max(h - c, 0) + 1))
         left = int(rng.integers(0, max(w - c, 0) + 1))
         # its own random stream, so that the other draws, and runs without it, stay as they were
-        scale_rng = np.random.default_rng([self.seed, self.epoch, i, 1])
-        if self.downscale and scale_rng.random() < self.downscale:
+        # (made only when asked: a generator per crop is work on the loader's hot path)
+        scale_rng = np.random.default_rng([self.seed, self.epoch, i, 1]) if self.downscale else None
+        if scale_rng is not None and scale_rng.random() < self.downscale:
             ya, yb = _downscaled_crops(a, b, c, scale_rng)
         else:
             ya = _pad_to(luma(a[top : top + c, left : left + c]), c)
