@@ -11,6 +11,7 @@ from upfusion.losses import (
     LOSSES,
     TERM_WEIGHTS,
     black_margin_term,
+    edge_term,
     get_loss,
     paper_loss,
     parse_term_weights,
@@ -129,6 +130,37 @@ def test_term_weights_replace_the_spec_ones(name, weights, images):
     expected = {**TERM_WEIGHTS[name], **weights}
     assert total.item() == pytest.approx(sum(expected[k] * v for k, v in parts.items()), rel=1e-5)
     assert total.item() != pytest.approx(spec_total.item(), rel=1e-3)
+
+
+def test_edge_term_against_numpy(images):
+    a, b, f = images
+
+    def components(x):
+        return np.stack([ndimage.correlate(x, k, mode="constant", cval=0.0) for k in (SOBEL_X, SOBEL_Y)])
+
+    g_a, g_b, g_f = components(a), components(b), components(f)
+    target = np.where(np.abs(g_a).sum(0) >= np.abs(g_b).sum(0), g_a, g_b)
+    expected = np.abs(g_f - target).sum(0).mean()
+    assert edge_term(_t(a), _t(b), _t(f)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_edge_term_sees_inverted_edges_that_the_gradient_term_does_not(images):
+    a, _, _ = images
+    flat = np.zeros_like(a)  # no gradient, not even at the zero-padded border: a is the stronger everywhere
+    inverted = -a  # the same gradient magnitudes (border included), every edge the other way round
+    assert edge_term(_t(a), _t(flat), _t(a)).item() == 0.0
+    magnitude_gap = (sobel_gradient(_t(inverted)) - sobel_gradient(_t(a))).abs().mean().item()
+    assert magnitude_gap == pytest.approx(0.0, abs=1e-6)
+    assert edge_term(_t(a), _t(flat), _t(inverted)).item() > 0.1
+
+
+def test_edge_weight_adds_the_edge_term(images):
+    a, b, f = (_t(x) for x in images)
+    total, parts = get_loss("reference", {"edge": 5})(a, b, f)
+    spec_total, spec_parts = get_loss("reference")(a, b, f)
+    assert "edge" not in spec_parts  # weight 0 in the spec: not computed
+    assert parts == {**spec_parts, "edge": pytest.approx(edge_term(a, b, f).item())}
+    assert total.item() == pytest.approx(spec_total.item() + 5 * parts["edge"], rel=1e-5)
 
 
 def test_unknown_term_and_bad_weights_are_named():

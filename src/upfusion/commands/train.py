@@ -47,7 +47,7 @@ HELP: dict[str, tuple[str, str | None]] = {
     "init_weights": ("fine-tune: start from this checkpoint or bundled weights name (a new run)", "CKPT"),
     "loss": ("'reference' (default) or 'paper'", "NAME"),
     "loss_weights": (
-        "weights of the loss's terms instead of the spec's, e.g. grad=20 (reference: intensity, grad, ssim, each 10)",
+        "weights of the loss's terms instead of the spec's, e.g. grad=20 (reference: intensity, grad, ssim, each 10, and edge, ours, 0)",
         "T=W,...",
     ),
     "crop": ("side of the random square crops (default 192)", "PX"),
