@@ -41,10 +41,10 @@ PAPER_FIGURES = {
 }
 
 
-def fuse(method: str, a: Path, b: Path, out: Path, weights: str | None) -> None:
+def fuse(method: str, a: Path, b: Path, out: Path, weights: str | None, upscale: str = "auto") -> None:
     cmd = [sys.executable, "-m", "upfusion", "fuse", "--a", str(a), "--b", str(b), "--out", str(out), "--quiet"]
     if method == "upfusion":  # the weights may have changed since the last run: fuse again
-        cmd += ["--overwrite"] + (["--weights", weights] if weights else [])
+        cmd += ["--overwrite", "--upscale", upscale] + (["--weights", weights] if weights else [])
     else:
         cmd += ["--method", method]
     subprocess.run(cmd, check=True)
@@ -71,6 +71,7 @@ def main() -> int:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--methods", default=",".join(["upfusion", *BASELINES]))
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--upscale", default="auto", help="the network's upfusion fuse --upscale (default auto)")
     args = parser.parse_args()
 
     results: dict[str, dict[str, dict]] = {}
@@ -79,7 +80,7 @@ def main() -> int:
         results[dataset] = {}
         for method in args.methods.split(","):
             out = args.out / dataset / method
-            fuse(method, a, b, out, args.weights)
+            fuse(method, a, b, out, args.weights, args.upscale)
             results[dataset][method] = score(method, a, b, out, args.workers)
             means = results[dataset][method]["mean"]
             print(f"{dataset} {method}: " + " ".join(f"{m}={means[m]:.4f}" for m in PAPER), file=sys.stderr)

@@ -28,6 +28,10 @@ from .inference import COMPILE_SCOPES, PRECISIONS, maybe_compile
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = "default"
 COLOR_FROM = ("auto", "a", "b", "none")
+# upscale="auto" enlarges images of up to one megapixel by the weights' own factor (their record's
+# "auto_upscale", 2 for the bundled weights: docs/quality.md has the gains), larger ones not at
+# all: N times costs N^2 times the network's time and memory.
+AUTO_UPSCALE_MAX_PIXELS = 1 << 20
 
 ImageLike = str | Path | np.ndarray | Image.Image | SourceImage
 
@@ -156,6 +160,8 @@ class Fuser:
         tile: int | str | None = "auto",
         overlap: int = 64,
         compile: str | None = None,
+        upscale: int | str = "auto",
+        auto_upscale: int = 1,
     ) -> None:
         self.device = torch.device(device)
         self.precision = check_precision(precision, self.device)
@@ -164,6 +170,8 @@ class Fuser:
         self.name = name
         self.tile = check_tile(tile, overlap)
         self.overlap = overlap
+        self.upscale = check_upscale(upscale)
+        self.auto_upscale = check_upscale(auto_upscale, "auto_upscale", allow_auto=False)
         self.compile = check_compile(compile)
         # what runs: the model, or (compile=) its torch.compile'd self, eager again if compiling fails
         # (tiled inference calls the model's stages through it, with the blocks compiled in place)
@@ -171,7 +179,7 @@ class Fuser:
         self._told: set[tuple[int, int]] = set()  # sizes already announced as tiled
 
     def __repr__(self) -> str:
-        where = f"device={str(self.device)!r}, precision={self.precision!r}"
+        where = f"device={str(self.device)!r}, precision={self.precision!r}, upscale={self.upscale!r}"
         return f"{type(self).__name__}({self.name or self.method!r}, {where})"
 
     # public API ---------------------------------------------------------------------------
@@ -234,13 +242,27 @@ class Fuser:
         """Fused luma ``[N, H, W]`` (float32, unclamped) of two ``[N, H, W]`` float32 sources, any H and W.
 
         Pads both sources alike at the bottom and right to a multiple of 8 (spec section 7),
-        runs the network once for the batch, and crops back to ``H x W``.
+        enlarges them ``upscale_for(H, W)`` times (each pixel a block of that side), runs the
+        network once for the batch, averages each block of the output back to one pixel, and
+        crops back to ``H x W``.
         """
         height, width = a_luma.shape[-2:]
+        factor = self.upscale_for(height, width)
         a = torch.from_numpy(imaging.pad_to_multiple(a_luma)).unsqueeze(1).to(self.device)
         b = torch.from_numpy(imaging.pad_to_multiple(b_luma)).unsqueeze(1).to(self.device)
-        fused = self._run_network(a, b)
-        return fused[:, 0, :height, :width].float().cpu().numpy()
+        if factor > 1:
+            a = torch.nn.functional.interpolate(a, scale_factor=factor, mode="nearest")
+            b = torch.nn.functional.interpolate(b, scale_factor=factor, mode="nearest")
+        fused = self._run_network(a, b).float()
+        if factor > 1:
+            fused = torch.nn.functional.avg_pool2d(fused, factor)
+        return fused[:, 0, :height, :width].cpu().numpy()
+
+    def upscale_for(self, height: int, width: int) -> int:
+        """How many times an ``height x width`` pair is enlarged for the network (see ``load``)."""
+        if self.upscale != "auto":
+            return self.upscale
+        return self.auto_upscale if height * width <= AUTO_UPSCALE_MAX_PIXELS else 1
 
     def tile_for(self, batch: int, height: int, width: int) -> int | None:
         """The tile size for a padded ``batch x height x width`` call, or None for one whole-image pass.
@@ -288,6 +310,20 @@ def check_compile(compile: str | None) -> str | None:
     return compile
 
 
+def check_upscale(upscale: int | str, name: str = "upscale", allow_auto: bool = True) -> int | str:
+    """``upscale`` as the fuser uses it: ``"auto"`` (where allowed) or a whole number >= 1."""
+    if upscale == "auto" and allow_auto:
+        return upscale
+    try:
+        factor = int(upscale)
+    except (TypeError, ValueError):
+        factor = 0
+    if factor < 1 or str(factor) != str(upscale).strip():
+        allowed = "'auto' or a whole number >= 1" if allow_auto else "a whole number >= 1"
+        raise UpfusionError(f"{name} must be {allowed}, not {upscale!r}")
+    return factor
+
+
 def check_tile(tile: int | str | None, overlap: int = 64) -> int | str | None:
     """``tile`` as the fuser uses it: ``"auto"``, None (never tile) or a tile side (multiple of 8, >= 64)."""
     if overlap < 0 or overlap % 8:  # checked for "auto" too: its tiles come later, when an image is large
@@ -320,6 +356,7 @@ class BaselineFuser(Fuser):
         self.device = torch.device("cpu")
         self.precision = "fp64"
         self.name = method
+        self.upscale = 1  # classic methods fuse at the sources' size
 
     def _fuse_luma(self, a_luma: np.ndarray, b_luma: np.ndarray) -> np.ndarray:
         fused = []
@@ -358,6 +395,7 @@ def load(
     tile: int | str | None = "auto",
     overlap: int = 64,
     compile: str | None = None,
+    upscale: int | str = "auto",
 ) -> Fuser:
     """A ready ``Fuser``.
 
@@ -373,16 +411,37 @@ def load(
     eager), ``"blocks"`` (``torch.compile`` of each Restormer block: pays on GPUs, compiles for
     about a minute per input shape, that is per image size and batch size) or ``"model"`` (one
     graph; compiles for many minutes); a compiler failure warns and falls back to eager.
+    ``upscale``: N (a whole number) fuses every pair enlarged N times, each pixel a block of N x N,
+    and averages each block of the fused image back to one pixel (N^2 times the network's work);
+    ``"auto"`` (default) uses the weights' own factor (``"auto_upscale"`` in their record: 2 for
+    the bundled weights, 1 when absent) for images of up to one megapixel and 1 for larger ones.
     """
     if method != "upfusion":
         return load_baseline(method)
-    from .pretrained.checkpoint import load_network
+    from .pretrained.checkpoint import load_network, read_record
 
     checkpoint = resolve_weights(name_or_path)
     torch_device = resolve_device(device)
     precision = check_precision(precision, torch_device, warn=False)  # fail before loading weights
     check_tile(tile, overlap)
     check_compile(compile)
+    check_upscale(upscale)
+    record, record_path, _ = read_record(checkpoint)
+    try:
+        auto_upscale = check_upscale(record.get("auto_upscale", 1), "auto_upscale", allow_auto=False)
+    except UpfusionError as exc:
+        raise UpfusionError(f"{record_path}: {exc}") from None
     model, text = load_network(checkpoint, device=torch_device)
     name = str(name_or_path or DEFAULT_WEIGHTS)
-    return Fuser(model, text, torch_device, precision, name=name, tile=tile, overlap=overlap, compile=compile)
+    return Fuser(
+        model,
+        text,
+        torch_device,
+        precision,
+        name=name,
+        tile=tile,
+        overlap=overlap,
+        compile=compile,
+        upscale=upscale,
+        auto_upscale=auto_upscale,
+    )

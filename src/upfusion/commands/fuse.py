@@ -147,6 +147,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overlap", type=int, default=64, metavar="PX", help="pixels shared by neighbouring tiles (default 64)"
     )
+    p.add_argument(
+        "--upscale",
+        default="auto",
+        metavar="auto|N",
+        help="fuse each pair enlarged N times (each pixel an N x N block) and average the blocks back: N^2 "
+        "times the work; auto (default): the weights' own factor (2 for the bundled weights, which fuse "
+        "better so) for images of up to one megapixel, 1 above",
+    )
     add_compile_option(
         p,
         "torch.compile each Restormer block (default scope; about a minute per image size and batch size) or "
@@ -274,6 +282,7 @@ def _run(args: argparse.Namespace, rank: Any, who: str) -> int:
                 tile=args.tile,
                 overlap=args.overlap,
                 compile=args.compile,
+                upscale=args.upscale,
             )
         else:
             fuser = load(method=args.method)
