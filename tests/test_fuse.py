@@ -100,7 +100,9 @@ def test_upscale_auto_takes_the_weights_factor_up_to_one_megapixel(tmp_path, che
 
 def test_repr_names_device_precision_and_upscale(fuser):
     assert repr(fuser).endswith("device='cpu', precision='fp32', upscale='auto')"), repr(fuser)
-    assert repr(upfusion.load(method="average")) == "BaselineFuser('average', device='cpu', precision='fp64', upscale=1)"
+    assert (
+        repr(upfusion.load(method="average")) == "BaselineFuser('average', device='cpu', precision='fp64', upscale=1)"
+    )
 
 
 @pytest.mark.parametrize("upscale", [0, -1, 1.5, "1.5", "two", None])

@@ -226,7 +226,10 @@ def test_usage_errors(tmp_path, capsys, case):
             ["--a", a, "--b", b, "--method", "average", "--weights", "x.json"],
             "method 'average' takes no weights",
         ),
-        "bad upscale": (["--a", a, "--b", b, "--upscale", "0"], "upscale must be 'auto' or a whole number >= 1, not '0'"),
+        "bad upscale": (
+            ["--a", a, "--b", b, "--upscale", "0"],
+            "upscale must be 'auto' or a whole number >= 1, not '0'",
+        ),
     }[case]
     (tmp_path / "empty").mkdir()
     if "--out" not in args:
