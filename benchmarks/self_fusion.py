@@ -42,8 +42,9 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", default=["default"], help="checkpoints or bundled names")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: all)")
     parser.add_argument("--max-images", type=int, default=10, help="images per source folder (default 10)")
+    parser.add_argument("--upscale", default="auto", help="upfusion fuse's --upscale (default auto)")
     args = parser.parse_args()
-    fusers = {w: upfusion.load(w) for w in args.weights}
+    fusers = {w: upfusion.load(w, upscale=args.upscale) for w in args.weights}
     print(f"fuse(x, x) against x, grey, first {args.max_images} images of each folder: PSNR dB / mean |diff|\n")
     print("| folder | " + " | ".join(args.weights) + " |")
     print("|---|" + "---:|" * len(args.weights))
