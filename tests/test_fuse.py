@@ -85,13 +85,13 @@ def test_upscale_fuses_the_enlarged_pair_and_averages_the_blocks_back(checkpoint
     assert not np.array_equal(out, fuser.fuse(a, b))  # not the 1x result
 
 
-def test_upscale_auto_takes_the_weights_factor_up_to_one_megapixel(tmp_path, checkpoint):
+def test_upscale_auto_takes_the_weights_factor_up_to_half_a_megapixel(tmp_path, checkpoint):
     record = json.loads(checkpoint.read_text())
     for name, factor in (("three", 3), ("bad", "auto")):
         (tmp_path / f"{name}.json").write_text(json.dumps({**record, "auto_upscale": factor}))
         (tmp_path / record["weights"]).write_bytes((checkpoint.parent / record["weights"]).read_bytes())
     three = upfusion.load(tmp_path / "three.json", device="cpu")
-    assert (three.upscale_for(480, 640), three.upscale_for(1024, 1024), three.upscale_for(1024, 1025)) == (3, 3, 1)
+    assert (three.upscale_for(480, 640), three.upscale_for(512, 1024), three.upscale_for(513, 1024)) == (3, 3, 1)
     assert upfusion.load(tmp_path / "three.json", device="cpu", upscale=1).upscale_for(480, 640) == 1
     assert upfusion.load(checkpoint, device="cpu").upscale_for(480, 640) == 1  # no factor in the record
     with pytest.raises(UpfusionError, match=r"bad\.json: auto_upscale must be a whole number >= 1, not 'auto'"):
@@ -330,7 +330,7 @@ def test_bundled_default_weights_fuse_the_msrs_sample_better_than_averaging():
 
 
 def test_bundled_default_weights_fuse_medical_slices_better_enlarged_twice():
-    """The bundled weights ask for 2x on images of up to a megapixel (``auto_upscale``): on real
+    """The bundled weights ask for 2x on images of up to half a megapixel (``auto_upscale``): on real
     PET-MRI slices (256x256) that gives more of the sources' information (VIF) and edges (Qabf)."""
     from upfusion import imaging
     from upfusion.metrics import compute

@@ -16,6 +16,7 @@ from upfusion.losses import (
     paper_loss,
     parse_term_weights,
     reference_loss,
+    reported_terms,
     sobel_gradient,
     ssim,
     with_black_margin,
@@ -159,6 +160,8 @@ def test_edge_weight_adds_the_edge_term(images):
     total, parts = get_loss("reference", {"edge": 5})(a, b, f)
     spec_total, spec_parts = get_loss("reference")(a, b, f)
     assert "edge" not in spec_parts  # weight 0 in the spec: not computed
+    assert list(spec_parts) == reported_terms("reference") == ["intensity", "grad", "ssim"]
+    assert list(parts) == reported_terms("reference", {"edge": 5}) == ["intensity", "grad", "ssim", "edge"]
     assert parts == {**spec_parts, "edge": pytest.approx(edge_term(a, b, f).item())}
     assert total.item() == pytest.approx(spec_total.item() + 5 * parts["edge"], rel=1e-5)
 

@@ -240,7 +240,9 @@ def test_black_margin_is_trained_and_logged(folders, tmp_path):
     assert list(rows[0]) == ["step", "epoch", "lr", "loss", "intensity", "grad", "ssim", "black", "seconds"]
     assert all(float(r["black"]) > 0 for r in rows)  # a fresh network is not below -0.01 in the black
     train(_config(folders, tmp_path / "plain", steps=1), progress=False)  # off by default: no column
-    assert "black" not in _log(tmp_path / "plain")[0]
+    assert "black" not in _log(tmp_path / "plain")[0] and "edge" not in _log(tmp_path / "plain")[0]
+    train(_config(folders, tmp_path / "edge", steps=1, loss_weights={"edge": 10}), progress=False)
+    assert float(_log(tmp_path / "edge")[0]["edge"]) > 0  # the optional term is logged once weighted
 
 
 def test_init_weights_starts_a_new_run_from_a_checkpoint(folders, tmp_path):

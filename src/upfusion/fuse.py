@@ -28,10 +28,10 @@ from .inference import COMPILE_SCOPES, PRECISIONS, maybe_compile
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = "default"
 COLOR_FROM = ("auto", "a", "b", "none")
-# upscale="auto" enlarges images of up to one megapixel by the weights' own factor (their record's
+# upscale="auto" enlarges images of up to half a megapixel by the weights' own factor (their record's
 # "auto_upscale", 2 for the bundled weights: docs/quality.md has the gains), larger ones not at
 # all: N times costs N^2 times the network's time and memory.
-AUTO_UPSCALE_MAX_PIXELS = 1 << 20
+AUTO_UPSCALE_MAX_PIXELS = 1 << 19  # 640x480 and 800x600 are below it, 1024x768 above
 
 ImageLike = str | Path | np.ndarray | Image.Image | SourceImage
 
@@ -414,7 +414,8 @@ def load(
     ``upscale``: N (a whole number) fuses every pair enlarged N times, each pixel a block of N x N,
     and averages each block of the fused image back to one pixel (N^2 times the network's work);
     ``"auto"`` (default) uses the weights' own factor (``"auto_upscale"`` in their record: 2 for
-    the bundled weights, 1 when absent) for images of up to one megapixel and 1 for larger ones.
+    the bundled weights, 1 when absent) for images of up to half a megapixel (2^19 pixels) and 1
+    for larger ones.
     """
     if method != "upfusion":
         return load_baseline(method)

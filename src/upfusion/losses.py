@@ -86,6 +86,15 @@ TERM_WEIGHTS: dict[str, dict[str, float]] = {
 }
 
 
+OPTIONAL_TERMS = frozenset({"edge"})  # computed, logged and added only when given a weight
+
+
+def reported_terms(name: str, weights: Mapping[str, float] | None = None) -> list[str]:
+    """The terms ``get_loss(name, weights)`` reports, in order: an optional one only when weighted."""
+    weighted = {**TERM_WEIGHTS[name], **(weights or {})}
+    return [t for t in TERM_WEIGHTS[name] if t not in OPTIONAL_TERMS or weighted[t]]
+
+
 def paper_loss(
     a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, weights: Mapping[str, float] = TERM_WEIGHTS["paper"]
 ) -> LossResult:

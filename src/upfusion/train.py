@@ -395,7 +395,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
     from torch.utils.data import DataLoader, DistributedSampler
 
     from .data import FusionPairs, index_pairs
-    from .losses import TERM_WEIGHTS, get_loss, with_black_margin
+    from .losses import get_loss, reported_terms, with_black_margin
     from .presets import build_model
     from .pretrained.checkpoint import save_checkpoint, split_state_dict
 
@@ -546,7 +546,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         )
 
     log = val_log = tb = None
-    parts_names = [*TERM_WEIGHTS[config.loss], *(["black"] if config.black_margin else [])]
+    parts_names = [*reported_terms(config.loss, config.loss_weights), *(["black"] if config.black_margin else [])]
     if dist_info.main:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
         log = _CsvLog(

@@ -153,7 +153,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="auto|N",
         help="fuse each pair enlarged N times (each pixel an N x N block) and average the blocks back: N^2 "
         "times the work; auto (default): the weights' own factor (2 for the bundled weights, which fuse "
-        "better so) for images of up to one megapixel, 1 above",
+        "better so) for images of up to half a megapixel (640x480: yes, 1024x768: no), 1 above",
     )
     add_compile_option(
         p,
