@@ -4,7 +4,8 @@ A checkpoint named ``NAME`` is two or three files side by side:
 
 - ``NAME.safetensors``: every parameter outside the frozen semantic backbone;
 - ``NAME.json``: the record: model config, semantic backbone (name and where its weights
-  come from), text encoder, prompt and its embedding, sha256 of the weight files;
+  come from), text encoder, prompt and its embedding, sha256 of the weight files, and
+  optionally ``auto_upscale`` (the enlargement ``upfusion.load(upscale="auto")`` uses);
 - ``NAME.backbone.safetensors`` (optional): the backbone's weights, when they are not the
   published ones (e.g. converted from the authors' file).
 
