@@ -419,7 +419,7 @@ def load(
     """
     if method != "upfusion":
         return load_baseline(method)
-    from .pretrained.checkpoint import load_network, read_record
+    from .pretrained.checkpoint import network_from_record, read_record
 
     checkpoint = resolve_weights(name_or_path)
     torch_device = resolve_device(device)
@@ -427,12 +427,12 @@ def load(
     check_tile(tile, overlap)
     check_compile(compile)
     check_upscale(upscale)
-    record, record_path, _ = read_record(checkpoint)
+    record, record_path, weights_path = read_record(checkpoint)  # read once: the network and auto_upscale
     try:
         auto_upscale = check_upscale(record.get("auto_upscale", 1), "auto_upscale", allow_auto=False)
     except UpfusionError as exc:
         raise UpfusionError(f"{record_path}: {exc}") from None
-    model, text = load_network(checkpoint, device=torch_device)
+    model, text = network_from_record(record, record_path, weights_path, device=torch_device)
     name = str(name_or_path or DEFAULT_WEIGHTS)
     return Fuser(
         model,

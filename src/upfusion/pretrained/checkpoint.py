@@ -220,9 +220,19 @@ def load_network(
     ``"pretrained"``, or ``"random"`` (random initialisation: only sensible when the backbone
     cannot change the output, as in the reference's parity vector).
     """
+    return network_from_record(*read_record(path), device=device, backbone_weights=backbone_weights)
+
+
+def network_from_record(
+    record: dict[str, Any],
+    record_path: Path,
+    weights_path: Path,
+    device: str | torch.device = "cpu",
+    backbone_weights: str | Path | None = None,
+) -> tuple[UPFusion, torch.Tensor]:
+    """``load_network`` for a record ``read_record`` has already read (callers that also use its other fields)."""
     from ..presets import build_model
 
-    record, record_path, weights_path = read_record(path)
     try:
         config = ModelConfig.from_dict(record["model_config"])
     except (KeyError, TypeError, ValueError) as exc:
