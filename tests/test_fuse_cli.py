@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import upfusion
 from conftest import shared_path
 from upfusion.cli import main
 from upfusion.model import ModelConfig
@@ -310,6 +311,39 @@ def test_single_files_aliases_format_and_colour_options(tmp_path):
     assert Image.open(tmp_path / "o2" / "mri.jpg").format == "JPEG"
     assert fuse("--a", mri, "--b", pet, "--out", tmp_path / "o3", "--method", "average", "--color-from", "none") == 0
     assert Image.open(tmp_path / "o3" / "mri.png").mode == "L"
+
+
+def test_two_files_can_be_fused_into_a_named_file(tmp_path, capsys):
+    mri = save(tmp_path / "mri.png", RNG.integers(0, 256, (21, 19), dtype=np.uint8))
+    pet = save(tmp_path / "pet.bmp", RNG.integers(0, 256, (21, 19, 3), dtype=np.uint8))
+    expected = np.asarray(upfusion.load(method="average").fuse(mri, pet))
+    out = tmp_path / "new" / "brain_fused.png"
+    assert fuse("--mri", mri, "--pet", pet, "--out", out, "--method", "average") == 0
+    assert "into " + str(out) in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["brain_fused.png"]  # a file, no folder of that name
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), expected)
+    jpeg = tmp_path / "brain.jpeg"
+    assert fuse("--mri", mri, "--pet", pet, "--out", jpeg, "--method", "average", "--format", "jpg") == 0
+    assert Image.open(jpeg).format == "JPEG"
+    # a trailing slash, or a folder already there, keeps --out a folder
+    assert fuse("--mri", mri, "--pet", pet, "--out", f"{tmp_path / 'f.png'}/", "--method", "average") == 0
+    assert (tmp_path / "f.png" / "mri.png").is_file()
+    assert fuse("--mri", mri, "--pet", pet, "--out", tmp_path / "f.png", "--method", "average", "--overwrite") == 0
+    assert sorted(p.name for p in (tmp_path / "f.png").iterdir()) == ["mri.png"]
+    # folders of sources always write into a folder, even one named like a file
+    a, b = tmp_path / "a", tmp_path / "b"
+    save(a / "1.png", np.zeros((8, 8), np.uint8))
+    save(b / "1.png", np.zeros((8, 8), np.uint8))
+    assert fuse("--a", a, "--b", b, "--out", tmp_path / "g.png", "--method", "average") == 0
+    assert (tmp_path / "g.png" / "1.png").is_file()
+    capsys.readouterr()
+    assert fuse("--mri", mri, "--pet", pet, "--out", tmp_path / "h.png", "--method", "average", "--format", "jpg") == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"upfusion fuse: error: {tmp_path / 'h.png'}: the file's extension and --format jpg disagree; give one of them"
+    )
+    assert not (tmp_path / "h.png").exists()
 
 
 def test_16bit_pairs_give_16bit_files(tmp_path):

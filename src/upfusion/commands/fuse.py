@@ -17,7 +17,8 @@ DESCRIPTION = """\
 Fuses registered image pairs: A (visible, MRI or phase contrast) with B (infrared, CT, PET,
 SPECT or GFP). --a and --b are two files, or two folders whose images are paired by file
 stem (the name without its extension: vis/0001.png goes with ir/0001.jpg), never by listing
-order. Each result is OUT/<stem><extension of A> (or --format), of the sources' size.
+order. Each result is OUT/<stem><extension of A> (or --format), of the sources' size. For
+two files, --out may also name the result file itself (--out fused.png).
 
 Colour: the network fuses the luma; the colour of the source that has colour (A first) is
 put back in YCbCr (BT.601, full range): RGB visible + grey infrared gives RGB, PET/SPECT
@@ -38,6 +39,7 @@ hashes to its rank, so each pair is fused exactly once:
 examples:
   upfusion fuse --vis MSRS/vi --ir MSRS/ir --out fused/
   upfusion fuse --mri mri.png --pet pet.png --out fused/ --format png
+  upfusion fuse --vis street.png --ir street_ir.png --out street_fused.png
   upfusion fuse --vis big_vis.png --ir big_ir.png --out fused/ --tile 1024
   upfusion fuse --a a/ --b b/ --out out/ --weights runs/exp1/best.json --device cuda --precision bf16
   upfusion fuse --a a/ --b b/ --out out/ --device cuda --precision bf16 --batch-size 8 --compile   # GPU, many pairs
@@ -76,7 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="second source: an image file or a folder (infrared, CT, PET, SPECT, GFP)",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the fused images (created if missing)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR|FILE",
+        help="folder for the fused images (created if missing); for two files also the result's file name",
+    )
     p.add_argument(
         "--weights",
         metavar="NAME|PATH",
@@ -198,6 +205,22 @@ def find_pairs(a: str, b: str) -> tuple[list[tuple[str, Path, Path]], list[Path]
     raise UpfusionError(f"{a_path} and {b_path}: give two files or two folders, not one of each")
 
 
+def output_file(out: str, fmt: str | None, a: str) -> Path | None:
+    """The output file when two files are fused and ``--out`` names an image file, else None (a folder).
+
+    ``--out fused.png`` is that file; ``--out fused``, ``--out fused/`` or an existing folder is a folder.
+    """
+    from ..errors import UpfusionError
+    from ..imaging import FORMATS
+
+    path = Path(out)
+    if not Path(a).is_file() or path.is_dir() or out.endswith(("/", "\\")) or path.suffix.lower() not in FORMATS:
+        return None
+    if fmt and FORMATS[f".{fmt}"] != FORMATS[path.suffix.lower()]:
+        raise UpfusionError(f"{path}: the file's extension and --format {fmt} disagree; give one of them")
+    return path
+
+
 def prepare_output_dir(out: str, inputs: list[str]) -> Path:
     """Creates ``out`` if needed and proves it writable by writing (and removing) a probe file."""
     import tempfile
@@ -257,9 +280,10 @@ def _run(args: argparse.Namespace, rank: Any, who: str) -> int:
         )
         for path in unmatched:
             print(f"  {path}", file=sys.stderr)
-    out_dir = prepare_output_dir(args.out, [args.a, args.b])
+    out_file = output_file(args.out, args.format, args.a)
+    out_dir = prepare_output_dir(str(out_file.parent) if out_file else args.out, [args.a, args.b])
     jobs = [
-        Job(stem, pa, pb, out_dir / (stem + (f".{args.format}" if args.format else pa.suffix)))
+        Job(stem, pa, pb, out_file or out_dir / (stem + (f".{args.format}" if args.format else pa.suffix)))
         for stem, pa, pb in shard(pairs, rank, key=lambda pair: pair[0])
     ]
     from ..imaging import output_format
@@ -289,7 +313,7 @@ def _run(args: argparse.Namespace, rank: Any, who: str) -> int:
         with tqdm(total=len(todo), desc=who, unit="pair", disable=args.quiet, position=rank.rank) as progress:
             written = _fuse_jobs(todo, fuser, args, progress, failures, who)
 
-    summary = f"{who}: fused {written} pair(s) into {out_dir}"
+    summary = f"{who}: fused {written} pair(s) into {out_file or out_dir}"
     extras = [f"{skipped} already complete"] if skipped else []
     if failures:
         extras.append(f"{len(failures)} failed")
