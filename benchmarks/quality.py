@@ -41,10 +41,13 @@ PAPER_FIGURES = {
 }
 
 
-def fuse(method: str, a: Path, b: Path, out: Path, weights: str | None, upscale: str = "auto") -> None:
+def fuse(
+    method: str, a: Path, b: Path, out: Path, weights: str | None, upscale: str = "auto", precision: str = "fp32"
+) -> None:
     cmd = [sys.executable, "-m", "upfusion", "fuse", "--a", str(a), "--b", str(b), "--out", str(out), "--quiet"]
     if method == "upfusion":  # the weights may have changed since the last run: fuse again
-        cmd += ["--overwrite", "--upscale", upscale] + (["--weights", weights] if weights else [])
+        cmd += ["--overwrite", "--upscale", upscale, "--precision", precision]
+        cmd += ["--weights", weights] if weights else []
     else:
         cmd += ["--method", method]
     subprocess.run(cmd, check=True)
@@ -72,6 +75,7 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(["upfusion", *BASELINES]))
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--upscale", default="auto", help="the network's upfusion fuse --upscale (default auto)")
+    parser.add_argument("--precision", default="fp32", help="the network's upfusion fuse --precision (default fp32)")
     args = parser.parse_args()
 
     results: dict[str, dict[str, dict]] = {}
@@ -80,7 +84,7 @@ def main() -> int:
         results[dataset] = {}
         for method in args.methods.split(","):
             out = args.out / dataset / method
-            fuse(method, a, b, out, args.weights, args.upscale)
+            fuse(method, a, b, out, args.weights, args.upscale, args.precision)
             results[dataset][method] = score(method, a, b, out, args.workers)
             means = results[dataset][method]["mean"]
             print(f"{dataset} {method}: " + " ".join(f"{m}={means[m]:.4f}" for m in PAPER), file=sys.stderr)

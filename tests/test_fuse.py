@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -255,8 +256,13 @@ def test_precision_and_device_checks(checkpoint):
     assert upfusion.load(checkpoint, device="auto").device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def test_bf16_on_cpu_warns_and_stays_close(checkpoint, fuser):
-    with pytest.warns(UserWarning, match="bf16 on the CPU"):
+def test_bf16_on_cpu_warns_only_without_bf16_arithmetic_and_stays_close(monkeypatch, checkpoint, fuser):
+    monkeypatch.setattr(fuse_module, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        upfusion.load(checkpoint, device="cpu", precision="bf16")
+    monkeypatch.setattr(fuse_module, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="this CPU has no bf16 arithmetic"):
         half = upfusion.load(checkpoint, device="cpu", precision="bf16")
     a = RNG.integers(0, 256, (16, 16), dtype=np.uint8)
     b = RNG.integers(0, 256, (16, 16), dtype=np.uint8)

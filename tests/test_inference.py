@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 
-from upfusion.inference import inference_context, maybe_compile
+from upfusion.inference import cpu_has_native_bf16, inference_context, maybe_compile
 
 
 def test_inference_context_turns_off_autograd_and_checks_the_precision():
@@ -80,3 +83,11 @@ def test_compiling_blocks_swaps_each_restormer_block_and_undoes_on_failure(monke
     assert not wrapped.is_compiled and torch.equal(out, model(a, b, text))
     with pytest.raises(ValueError, match="unknown compile scope 'layers'"):
         maybe_compile(model, scope="layers")
+
+
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or not Path("/proc/cpuinfo").exists(), reason="reads x86 CPU flags"
+)
+def test_cpu_has_native_bf16_follows_the_cpu_flags():
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})

@@ -23,7 +23,7 @@ from PIL import Image
 from . import imaging
 from .errors import UpfusionError
 from .imaging import FusedImage, SourceImage
-from .inference import COMPILE_SCOPES, PRECISIONS, maybe_compile
+from .inference import COMPILE_SCOPES, PRECISIONS, cpu_has_native_bf16, maybe_compile
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = "default"
@@ -95,9 +95,11 @@ def check_precision(precision: str | None, device: torch.device, warn: bool = Tr
         raise UpfusionError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
     if device.type == "cpu" and precision == "fp16":
         raise UpfusionError("fp16 runs on CUDA devices only; use fp32 (or bf16) on the CPU")
-    if device.type == "cpu" and precision == "bf16" and warn:
+    if device.type == "cpu" and precision == "bf16" and warn and not cpu_has_native_bf16():
         warnings.warn(
-            "bf16 on the CPU runs through autocast and is usually slower than fp32", UserWarning, stacklevel=3
+            "this CPU has no bf16 arithmetic (AVX512-BF16 or AMX): bf16 is emulated and slower than fp32",
+            UserWarning,
+            stacklevel=3,
         )
     return precision
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +21,21 @@ import torch
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_SCOPES = ("blocks", "model")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 arithmetic in hardware (x86: AVX512-BF16 or AMX; Arm: its BF16 extension).
+
+    Without it bf16 is emulated and slower than fp32; with it, faster (docs/performance.md).
+    """
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        # (oneDNN's own check also accepts plain AVX-512, where it emulates bf16)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 @contextlib.contextmanager
