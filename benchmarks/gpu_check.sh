@@ -9,7 +9,7 @@
 # Writes log.txt, the bench JSON files and the training log and weights to $OUT.
 #
 # SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile cudagraphs
-# large profile train", all but train by default. The training section runs
+# large profile profile-compiled compile-model train"; by default all but the last three. The training section runs
 # `upfusion train --config $TRAIN_CONFIG` for at most $TRAIN_SECONDS (it saves its state when
 # stopped) and copies the weights it ended with and its log to $OUT/train.
 set -u
@@ -90,6 +90,21 @@ fi
 if section profile; then
     log "where the GPU time goes, paper preset, bf16"
     run timeout 120 "$PY" benchmarks/bench_inference.py profile --device cuda --precision bf16 --presets paper --top 10
+fi
+
+if section profile-compiled; then
+    # where the 75 ms a pair of the compiled blocks (shifted depth-wise products) go: kernels and modules
+    log "profile: paper preset, bf16, batch 8, plain arithmetic, blocks compiled, by module"
+    run timeout "${COMPILE_SECONDS:-200}" "$PY" benchmarks/bench_inference.py profile --device cuda --precision bf16 \
+        --presets paper --batch 8 --arithmetic plain --compile blocks --by-module --top 24
+fi
+
+if section compile-model; then
+    # the whole network as one graph: SCPM, GAM, TCPM and the samplers fused too (compiles for minutes)
+    log "whole-model compile, paper preset, bf16, plain arithmetic, batch 8"
+    run "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 --arithmetic plain \
+        --batch 8 --compile model --runs 10 --warmup 3 --timeout "${COMPILE_SECONDS:-300}" \
+        --json "$OUT/bench_compile_model.json"
 fi
 
 log done
