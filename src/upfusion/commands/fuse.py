@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--precision",
         default="fp32",
         choices=["fp32", "bf16", "fp16"],
-        help="fp32 (default); bf16/fp16 autocast for GPUs (fp16 CUDA only; bf16 on CPU is slower)",
+        help="fp32 (default); bf16/fp16 autocast (fp16 CUDA only; bf16 pays on CPUs with AVX512-BF16 or AMX)",
     )
     p.add_argument(
         "--color-from",
