@@ -87,6 +87,10 @@ def test_export_onnx_command(exported, capsys):
     assert "96x64: max |onnxruntime - torch|" in printed and "48x40" in printed
     assert main(["export-onnx", str(path), "--weights", str(record), "--check", "90x64"]) == 1
     assert "multiples of 8" in capsys.readouterr().err
+    for skip in (["--check", "none"], ["--check"]):  # the file is written, nothing compared
+        again = path.with_name(f"again{len(skip)}.onnx")
+        assert main(["export-onnx", str(again), "--weights", str(record), *skip]) == 0
+        assert again.is_file() and "max |onnxruntime" not in capsys.readouterr().out
 
 
 def test_missing_extra_is_one_clear_line(monkeypatch):

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="*",
         default=["96x64", "160x120", "256x256", "640x480"],
         metavar="WxH",
-        help="sizes to compare onnxruntime with PyTorch on (default: 96x64 160x120 256x256 640x480; none to skip)",
+        help="sizes to compare onnxruntime with PyTorch on (default: 96x64 160x120 256x256 640x480; "
+        "'none', or no size, skips the check)",
     )
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted difference (default 1e-4)")
     p.set_defaults(func=run)
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     for module in ("onnx", "onnxscript", "onnxruntime"):
         require(module, "onnx", "upfusion export-onnx")
     try:
-        sizes = [parse_size(text) for text in args.check]
+        sizes = [] if args.check == ["none"] else [parse_size(text) for text in args.check]
     except ValueError as exc:
         raise UpfusionError(f"--check: {exc}") from None
     if any(h % 8 or w % 8 for h, w in sizes):
