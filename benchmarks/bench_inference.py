@@ -6,6 +6,7 @@
     python benchmarks/bench_inference.py precision   # bf16 / fp16 autocast vs fp32
     python benchmarks/bench_inference.py large       # a 3840x2160 pair, tiled
     python benchmarks/bench_inference.py profile     # where the time goes: top operators, plain vs fast
+    python benchmarks/bench_inference.py onnx        # onnxruntime against PyTorch, bundled weights [--sizes ...]
 
 "fast" is the inference path (``upfusion.model.fast_ops``), "plain" the specification's
 formulas computed literally (the reference arithmetic, kept for comparison and export). Each
@@ -18,8 +19,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -350,9 +355,39 @@ def time_by_module(model: torch.nn.Module, call, device: torch.device) -> dict[s
     return {name: 1000 * sum(e - s for s, e in marks) for name, marks in spent.items()}
 
 
+def onnx(args: argparse.Namespace) -> None:
+    """The bundled weights exported to ONNX and run by onnxruntime (CPU, its default options), against
+    ``upfusion bench``'s PyTorch measurement of the same network; each in a fresh process
+    (onnxruntime's without PyTorch: ``onnxruntime_case.py``)."""
+    from upfusion.onnx_export import export_onnx
+
+    model, text = default_weights()
+    threads = args.threads or torch.get_num_threads()
+    print("| size | PyTorch, inference kernels | onnxruntime | onnxruntime / PyTorch |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, text, Path(folder) / "default.onnx")
+        for size in args.sizes:
+            height, width = parse_size(size)
+            case = BenchCase(weights=str(WEIGHTS_DIR / "default.json"), height=height, width=width, threads=threads)
+            mine = run_isolated(case, runs=args.runs, warmup=1)
+            script = Path(__file__).with_name("onnxruntime_case.py")
+            command = [sys.executable, str(script), str(path), size, str(args.runs), str(threads)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            theirs = json.loads(output.splitlines()[-1])
+            print(
+                f"| {width}x{height} | {mine.latency_s:.2f} s, {mine.peak_memory_bytes / 2**20:,.0f} MiB "
+                f"| {theirs['latency_s']:.2f} s, {theirs['peak_memory_bytes'] / 2**20:,.0f} MiB "
+                f"| {theirs['latency_s'] / mine.latency_s:.2f}x time, "
+                f"{theirs['peak_memory_bytes'] / mine.peak_memory_bytes:.1f}x memory |",
+                flush=True,
+            )
+    print(f"\nonnxruntime {theirs['onnxruntime']}, {threads} threads; {machine_description()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["speed", "exactness", "tiling", "precision", "large", "profile"])
+    parser.add_argument("what", choices=["speed", "exactness", "tiling", "precision", "large", "profile", "onnx"])
     parser.add_argument("--presets", nargs="+", default=["paper", "default"])
     parser.add_argument("--sizes", nargs="+", default=["640x480"])
     parser.add_argument("--runs", type=int, default=3)
@@ -369,7 +404,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"<!-- {machine_description()} -->")
     commands = {"speed": speed, "exactness": exactness, "tiling": tiling, "precision": precision, "large": large}
-    commands["profile"] = profile
+    commands.update(profile=profile, onnx=onnx)
     commands[args.what](args)
 
 
