@@ -363,26 +363,30 @@ def onnx(args: argparse.Namespace) -> None:
 
     model, text = default_weights()
     threads = args.threads or torch.get_num_threads()
-    print("| size | PyTorch, inference kernels | onnxruntime | onnxruntime / PyTorch |")
-    print("|---|---|---|---|")
+    print("| size | PyTorch, inference kernels | onnxruntime | onnxruntime / PyTorch | onnxruntime, arena off |")
+    print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         path = export_onnx(model, text, Path(folder) / "default.onnx")
         for size in args.sizes:
             height, width = parse_size(size)
             case = BenchCase(weights=str(WEIGHTS_DIR / "default.json"), height=height, width=width, threads=threads)
             mine = run_isolated(case, runs=args.runs, warmup=1)
-            script = Path(__file__).with_name("onnxruntime_case.py")
-            command = [sys.executable, str(script), str(path), size, str(args.runs), str(threads)]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            theirs = json.loads(output.splitlines()[-1])
+            theirs, lean = (_onnxruntime_case(path, size, args.runs, threads, a) for a in ("arena", "no-arena"))
             print(
                 f"| {width}x{height} | {mine.latency_s:.2f} s, {mine.peak_memory_bytes / 2**20:,.0f} MiB "
                 f"| {theirs['latency_s']:.2f} s, {theirs['peak_memory_bytes'] / 2**20:,.0f} MiB "
                 f"| {theirs['latency_s'] / mine.latency_s:.2f}x time, "
-                f"{theirs['peak_memory_bytes'] / mine.peak_memory_bytes:.1f}x memory |",
+                f"{theirs['peak_memory_bytes'] / mine.peak_memory_bytes:.1f}x memory "
+                f"| {lean['latency_s']:.2f} s, {lean['peak_memory_bytes'] / 2**20:,.0f} MiB |",
                 flush=True,
             )
     print(f"\nonnxruntime {theirs['onnxruntime']}, {threads} threads; {machine_description()}")
+
+
+def _onnxruntime_case(path: Path, size: str, runs: int, threads: int, arena: str) -> dict:
+    script = Path(__file__).with_name("onnxruntime_case.py")
+    command = [sys.executable, str(script), str(path), size, str(runs), str(threads), arena]
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
 
 def main() -> None:
