@@ -32,7 +32,7 @@ fi
 
 if section precision; then
     log "bf16 / fp16 against fp32, default weights, real 640x480 pairs"
-    run timeout 120 "$PY" benchmarks/bench_inference.py precision --count 4
+    run timeout 180 "$PY" benchmarks/bench_inference.py precision --count 8
 
     log "fp32: plain (reference arithmetic) and fast"
     run timeout 400 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 \
