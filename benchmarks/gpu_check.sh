@@ -9,9 +9,9 @@
 # Writes log.txt, the bench JSON files and the training log and weights to $OUT.
 #
 # SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile cudagraphs
-# large profile profile-compiled compile-model train"; by default all but the last three. The training section runs
-# `upfusion train --config $TRAIN_CONFIG` for at most $TRAIN_SECONDS (it saves its state when
-# stopped) and copies the weights it ended with and its log to $OUT/train.
+# large profile profile-compiled compile-model train"; by default all but the last three. The
+# training section runs `upfusion train --config $TRAIN_CONFIG` for at most $TRAIN_SECONDS (it
+# saves its state when stopped) and copies the weights it ended with and its log to $OUT/train.
 set -u
 PY=${PYTHON:-python3}
 OUT=${OUT:-gpu_out}
