@@ -214,20 +214,26 @@ def precision(args: argparse.Namespace) -> None:
     precisions = ["bf16", "fp16"] if device.type == "cuda" else ["bf16"]
     # without native bf16 (AVX512-BF16, AMX) the CPU emulates it slowly: a crop then
     crop = 256 if device.type == "cpu" and not cpu_has_native_bf16() else None
-    print("| image | device | precision | max abs diff vs fp32 | PSNR vs fp32 (uint8, dB) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| image | device | precision | max abs diff vs fp32 | PSNR vs fp32 (uint8, dB) "
+        "| TCPM channel selections unlike fp32's |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, a, b in load_pairs("msrs", args.count):
         if crop:
             a, b = a[..., :crop, :crop], b[..., :crop, :crop]
         a, b = a.to(device), b.to(device)
-        with inference_context(device, "fp32"):
+        with inference_context(device, "fp32"), _Recorder() as full_choice:
             full = model(a, b, text).float()
         for p in precisions:
-            with inference_context(device, p):
+            with inference_context(device, p), _Recorder() as half_choice:
                 half = model(a, b, text).float()
+            pairs = list(zip(full_choice.chosen, half_choice.chosen, strict=True))
+            unlike = sum(int(not torch.equal(f.sort().values, h.sort().values)) for f, h in pairs)
             size = f" ({crop}x{crop} crop)" if crop else ""
             print(
-                f"| MSRS {name}{size} | {device.type} | {p} | {(half - full).abs().max().item():.4f} | {psnr_uint8(half, full):.2f} |"
+                f"| MSRS {name}{size} | {device.type} | {p} | {(half - full).abs().max().item():.4f} "
+                f"| {psnr_uint8(half, full):.2f} | {unlike} of {len(pairs)} |"
             )
 
 
