@@ -204,6 +204,7 @@ def test_size_mismatch_can_be_resized(tmp_path):
         "bad format",
         "weights with a baseline",
         "bad upscale",
+        "bad threads",
     ],
 )
 def test_usage_errors(tmp_path, capsys, case):
@@ -231,6 +232,7 @@ def test_usage_errors(tmp_path, capsys, case):
             ["--a", a, "--b", b, "--upscale", "0"],
             "upscale must be 'auto' or a whole number >= 1, not '0'",
         ),
+        "bad threads": (["--a", a, "--b", b, "--threads", "0"], "--threads must be at least 1"),
     }[case]
     (tmp_path / "empty").mkdir()
     if "--out" not in args:
@@ -311,6 +313,13 @@ def test_single_files_aliases_format_and_colour_options(tmp_path):
     assert Image.open(tmp_path / "o2" / "mri.jpg").format == "JPEG"
     assert fuse("--a", mri, "--b", pet, "--out", tmp_path / "o3", "--method", "average", "--color-from", "none") == 0
     assert Image.open(tmp_path / "o3" / "mri.png").mode == "L"
+
+
+def test_threads_sets_the_cpu_threads(tmp_path, weights):
+    mri = save(tmp_path / "mri.png", RNG.integers(0, 256, (16, 24), dtype=np.uint8))
+    assert torch.get_num_threads() == 1  # (this file's fixture)
+    assert fuse("--a", mri, "--b", mri, "--out", tmp_path / "f.png", "--weights", weights, "--threads", "2") == 0
+    assert torch.get_num_threads() == 2 and (tmp_path / "f.png").is_file()
 
 
 def test_two_files_can_be_fused_into_a_named_file(tmp_path, capsys):

@@ -124,6 +124,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="resample B (bicubic) to A's size when they differ, instead of an error",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for the network (default: PyTorch's choice, one per core)",
+    )
     p.add_argument("--overwrite", action="store_true", help="fuse again even where a complete output exists")
     p.add_argument(
         "--keep-going",
@@ -267,8 +273,8 @@ def _run(args: argparse.Namespace, rank: Any, who: str) -> int:
     from ..errors import UpfusionError
     from ..fuse import load
 
-    if args.batch_size < 1 or args.workers < 1:
-        raise UpfusionError("--batch-size and --workers must be at least 1")
+    if args.batch_size < 1 or args.workers < 1 or (args.threads is not None and args.threads < 1):
+        raise UpfusionError("--batch-size, --workers and --threads must be at least 1")
     if args.method != "upfusion" and args.weights:
         raise UpfusionError(f"--weights is for the network; method {args.method!r} takes no weights")
 
@@ -292,6 +298,10 @@ def _run(args: argparse.Namespace, rank: Any, who: str) -> int:
         output_format(job.output.suffix)
         if job.output.resolve() in (job.a.resolve(), job.b.resolve()):
             raise UpfusionError(f"{job.output}: the output would replace its own source; choose another --out")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     todo = [job for job in jobs if args.overwrite or not is_complete(job.output)]
     skipped = len(jobs) - len(todo)
 
