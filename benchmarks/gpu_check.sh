@@ -9,9 +9,10 @@
 # Writes log.txt, the bench JSON files and the training log and weights to $OUT.
 #
 # SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile cudagraphs
-# large profile profile-compiled compile-model train"; by default all but the last three. The
-# training section runs `upfusion train --config $TRAIN_CONFIG` for at most $TRAIN_SECONDS (it
-# saves its state when stopped) and copies the weights it ended with and its log to $OUT/train.
+# large profile profile-compiled compile-fast compile-model train"; by default all but the last
+# four. The training section runs `upfusion train --config $TRAIN_CONFIG` for at most
+# $TRAIN_SECONDS (it saves its state when stopped) and copies the weights it ended with and its
+# log to $OUT/train.
 set -u
 PY=${PYTHON:-python3}
 OUT=${OUT:-gpu_out}
@@ -97,6 +98,15 @@ if section profile-compiled; then
     log "profile: paper preset, bf16, batch 8, plain arithmetic, blocks compiled, by module"
     run timeout "${COMPILE_SECONDS:-200}" "$PY" benchmarks/bench_inference.py profile --device cuda --precision bf16 \
         --presets paper --batch 8 --arithmetic plain --compile blocks --by-module --top 24
+fi
+
+if section compile-fast; then
+    # the inference kernels compiled (Gram-matrix attention, folded project_out, shifted depth-wise
+    # products in the bands) against the specification's arithmetic compiled, same call
+    log "compiled blocks, fast vs plain arithmetic, paper preset, bf16, batch 8"
+    run "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 --arithmetic fast plain \
+        --batch 8 --compile blocks --runs 10 --warmup 3 --timeout "${COMPILE_SECONDS:-200}" \
+        --json "$OUT/bench_compile_fast.json"
 fi
 
 if section compile-model; then

@@ -7,7 +7,8 @@ import torch
 
 from conftest import shared_path
 from upfusion.model import GAM, SCPM, TCPM, LayerNorm2d, ModelConfig, UPFusion
-from upfusion.model.blocks import DepthwiseConv3x3, depthwise3x3_shifted
+from upfusion.model.blocks import DepthwiseConv3x3
+from upfusion.model.fast_ops import depthwise3x3_shifted
 from upfusion.presets import PRESETS, build_model
 
 SMALL = ModelConfig(
@@ -201,7 +202,7 @@ def test_depthwise_conv_takes_the_shifts_only_while_compiling(monkeypatch):
     x = torch.randn(1, 4, 6, 6)
     calls = []
     monkeypatch.setattr(
-        "upfusion.model.blocks.depthwise3x3_shifted", lambda x, w: calls.append(1) or layer._conv_forward(x, w, None)
+        "upfusion.model.fast_ops.depthwise3x3_shifted", lambda x, w: calls.append(1) or layer._conv_forward(x, w, None)
     )
     layer(x)
     assert calls == []

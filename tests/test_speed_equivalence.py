@@ -155,6 +155,23 @@ def test_transformer_block_kernel(bands, c, heads, h, w, n):
     assert (fast - plain).abs().max().item() < 2e-5 * plain.abs().max().item()
 
 
+def test_banded_kernels_take_the_shifted_depthwise_products_while_compiling(bands, monkeypatch):
+    """Under torch.compile the bands' depth-wise convolutions are nine shifted products (fused by the
+    compiler), with the same result; eager calls keep the convolution."""
+    block = randomise_norms(TransformerBlock(16, 2, 2.66)).eval()
+    x = torch.randn(2, 16, 13, 20, generator=torch.Generator().manual_seed(4))
+    calls = []
+    shifted = fast_ops.depthwise3x3_shifted
+    monkeypatch.setattr(fast_ops, "depthwise3x3_shifted", lambda y, w: calls.append(w.shape[0]) or shifted(y, w))
+    with torch.no_grad():
+        eager = fast_ops.transformer_block(block, x)
+        assert calls == []
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        compiling = fast_ops.transformer_block(block, x)
+    assert sorted(set(calls)) == [16, 48]  # q, k, v (16 each) and the two padded GDFN halves (48 each)
+    assert (compiling - eager).abs().max().item() < 1e-5 * eager.abs().max().item()
+
+
 @pytest.mark.parametrize("channel_attention", [True, False])
 def test_tcpm_kernel_with_per_sample_selections(bands, channel_attention):
     """Folded q (SE gather, conv1x1, text permutation, conv_out as one product) and the top-k cross-attention."""

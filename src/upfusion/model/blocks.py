@@ -20,32 +20,10 @@ def conv3x3(c_in: int, c_out: int, bias: bool = False) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=bias)
 
 
-def depthwise3x3_shifted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The bias-free depth-wise 3x3 convolution (zero padding 1) as nine shifted products.
-
-    ``weight`` is the convolution's [C, 1, 3, 3]. The same function as ``F.conv2d(x, weight,
-    padding=1, groups=C)`` with another order of the sums.
-    """
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (1, 1, 1, 1))
-    taps = weight.to(x.dtype).reshape(1, -1, 9, 1, 1)
-    out = padded[..., :h, :w] * taps[:, :, 0]
-    for t in range(1, 9):
-        dy, dx = divmod(t, 3)
-        out = out + padded[..., dy : dy + h, dx : dx + w] * taps[:, :, t]
-    return out
-
-
-def _compiling_for_speed() -> bool:
-    """Inside ``torch.compile``, but not ``torch.export`` (ONNX export keeps the convolution)."""
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return torch.compiler.is_compiling() and not exporting
-
-
 class DepthwiseConv3x3(nn.Conv2d):
     """Bias-free depth-wise 3x3 convolution (one filter per channel, zero padding 1).
 
-    Under ``torch.compile`` it runs as ``depthwise3x3_shifted``, which the compiler fuses with
+    Under ``torch.compile`` it runs as ``fast_ops.depthwise3x3_shifted``, which the compiler fuses with
     the element-wise work around it into one pass over memory: cuDNN's grouped kernel, which
     compiled graphs otherwise get, was the slowest kernel on an H100 (docs/performance.md).
     Eager calls keep the convolution.
@@ -55,8 +33,8 @@ class DepthwiseConv3x3(nn.Conv2d):
         super().__init__(c, c, kernel_size=3, padding=1, groups=c, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _compiling_for_speed():
-            return depthwise3x3_shifted(x, self.weight)
+        if fast_ops.compiling_for_speed():
+            return fast_ops.depthwise3x3_shifted(x, self.weight)
         return super().forward(x)
 
 
