@@ -23,10 +23,10 @@ def conv3x3(c_in: int, c_out: int, bias: bool = False) -> nn.Conv2d:
 class DepthwiseConv3x3(nn.Conv2d):
     """Bias-free depth-wise 3x3 convolution (one filter per channel, zero padding 1).
 
-    Under ``torch.compile`` it runs as ``fast_ops.depthwise3x3_shifted``, which the compiler fuses with
-    the element-wise work around it into one pass over memory: cuDNN's grouped kernel, which
-    compiled graphs otherwise get, was the slowest kernel on an H100 (docs/performance.md).
-    Eager calls keep the convolution.
+    Under ``torch.compile`` it runs as ``fast_ops.depthwise3x3_shifted``, which the compiler
+    fuses with the element-wise work around it into one pass over memory: cuDNN's grouped
+    kernel, which compiled graphs otherwise get, was the slowest kernel on an H100
+    (docs/performance.md). Eager calls keep the convolution.
     """
 
     def __init__(self, c: int) -> None:

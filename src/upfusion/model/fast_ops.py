@@ -19,7 +19,9 @@ re-associated, and agree with the plain path to float32 rounding (~1e-6):
   and k; ``project_out(attn @ v)`` is one product with ``project_out.weight @ blockdiag(attn)``,
   which also adds the residual;
 - in TCPM the SE gather, ``conv1x1``, the text permutation and ``conv_out`` fold into one
-  1x1 conv for q.
+  1x1 conv for q;
+- under ``torch.compile`` the depth-wise 3x3 convs are nine shifted products, which the
+  compiler fuses with their neighbours (``blocks.DepthwiseConv3x3`` does the same).
 
 The SCPM and TCPM channel selections are made by the modules themselves, from inputs computed
 by the same code in both paths (spec section 6 explains why that matters).
