@@ -93,6 +93,34 @@ def test_export_onnx_command(exported, capsys):
         assert again.is_file() and "max |onnxruntime" not in capsys.readouterr().out
 
 
+@needs_onnx
+@pytest.mark.slow
+def test_enlarged_export_reproduces_upfusion_fuse_upscale(exported, capsys):
+    """--upscale 2 puts the enlargement in the graph: onnxruntime gives the fused luma that
+    ``upfusion fuse --upscale 2`` computes (its inference kernels), and the metadata says 2."""
+    import onnxruntime
+
+    import upfusion
+
+    _, _, path, record, _, _ = exported
+    enlarged = path.with_name("small-2x.onnx")
+    assert main(["export-onnx", str(enlarged), "--weights", str(record), "--upscale", "2", "--check", "48x40"]) == 0
+    assert "fusing 2 times enlarged" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(enlarged), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["upfusion.upscale"] == "2"
+    g = np.random.default_rng(5)
+    a, b = (g.random((2, 1, 40, 56), dtype=np.float32) for _ in range(2))
+    (graph_out,) = session.run(["fused"], {"a": a, "b": b})
+    fuser = upfusion.load(record, device="cpu", upscale=2, tile=None)
+    pipeline = fuser._fuse_luma(a[:, 0], b[:, 0])
+    assert graph_out.shape == (2, 1, 40, 56)
+    assert np.abs(graph_out[:, 0] - pipeline).max() < 1e-4
+    one_x = upfusion.load(record, device="cpu", upscale=1, tile=None)._fuse_luma(a[:, 0], b[:, 0])
+    assert np.abs(graph_out[:, 0] - one_x).max() > 1e-3  # (the enlargement changes the result)
+    assert main(["export-onnx", str(enlarged), "--weights", str(record), "--upscale", "0"]) == 1
+    assert "--upscale must be a whole number >= 1, not '0'" in capsys.readouterr().err
+
+
 def test_missing_extra_is_one_clear_line(monkeypatch):
     import upfusion.pretrained.extras as extras
 

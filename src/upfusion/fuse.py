@@ -23,7 +23,7 @@ from PIL import Image
 from . import imaging
 from .errors import UpfusionError
 from .imaging import FusedImage, SourceImage
-from .inference import COMPILE_SCOPES, PRECISIONS, cpu_has_native_bf16, maybe_compile
+from .inference import COMPILE_SCOPES, PRECISIONS, average_blocks, cpu_has_native_bf16, enlarge, maybe_compile
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = "default"
@@ -252,12 +252,7 @@ class Fuser:
         factor = self.upscale_for(height, width)
         a = torch.from_numpy(imaging.pad_to_multiple(a_luma)).unsqueeze(1).to(self.device)
         b = torch.from_numpy(imaging.pad_to_multiple(b_luma)).unsqueeze(1).to(self.device)
-        if factor > 1:
-            a = torch.nn.functional.interpolate(a, scale_factor=factor, mode="nearest")
-            b = torch.nn.functional.interpolate(b, scale_factor=factor, mode="nearest")
-        fused = self._run_network(a, b).float()
-        if factor > 1:
-            fused = torch.nn.functional.avg_pool2d(fused, factor)
+        fused = average_blocks(self._run_network(enlarge(a, factor), enlarge(b, factor)).float(), factor)
         return fused[:, 0, :height, :width].cpu().numpy()
 
     def upscale_for(self, height: int, width: int) -> int:

@@ -23,6 +23,17 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 COMPILE_SCOPES = ("blocks", "model")
 
 
+def enlarge(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """``[N, C, H, W]`` enlarged ``factor`` times, each pixel an ``factor x factor`` block (nearest:
+    no new values are made up). The first half of fusing at an enlarged scale (``--upscale``)."""
+    return torch.nn.functional.interpolate(x, scale_factor=factor, mode="nearest") if factor > 1 else x
+
+
+def average_blocks(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The mean of each ``factor x factor`` block of ``[N, C, H, W]``: ``enlarge``'s way back."""
+    return torch.nn.functional.avg_pool2d(x, factor) if factor > 1 else x
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 arithmetic in hardware (x86: AVX512-BF16 or AMX; Arm: its BF16 extension).
 

@@ -2,7 +2,9 @@
 
 The exported graph takes ``a`` and ``b`` ([N, 1, H, W] float32 in [0, 1], H and W multiples
 of 8: pad at the bottom and right as ``upfusion fuse`` does) and returns the unclamped fused
-luma ``fused`` [N, 1, H, W]. The checkpoint's prompt embedding is baked in as a constant.
+luma ``fused`` [N, 1, H, W]. The checkpoint's prompt embedding is baked in as a constant. With
+``upscale=N`` the graph also enlarges its inputs N times and averages the output back, as
+``upfusion fuse --upscale N`` does; the file's metadata ``upfusion.upscale`` says which N.
 The graph is the specification's arithmetic (``plain_arithmetic``), not the PyTorch inference
 kernels, which cut the image in row bands whose count depends on its size.
 
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import UpfusionError
+from .inference import average_blocks, enlarge
 from .model import UPFusion
 from .model.fast_ops import plain_arithmetic
 from .pretrained.extras import require
@@ -30,15 +33,21 @@ EXPORT_SIZE = (64, 96)  # the example input's height and width (any multiple of 
 
 
 class FixedPromptFusion(nn.Module):
-    """``model(a, b, text)`` with the text embedding held as a buffer: the exported graph's two inputs."""
+    """``model(a, b, text)`` with the text embedding held as a buffer: the exported graph's two inputs.
 
-    def __init__(self, model: UPFusion, text: torch.Tensor) -> None:
+    ``upscale``: the network sees the pair enlarged that many times (``upfusion.inference.enlarge``)
+    and its output is averaged back (``average_blocks``), as ``upfusion fuse --upscale`` does.
+    """
+
+    def __init__(self, model: UPFusion, text: torch.Tensor, upscale: int = 1) -> None:
         super().__init__()
         self.model = model
+        self.upscale = upscale
         self.register_buffer("text", text.reshape(1, -1).float().clone())
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.model(a, b, self.text)
+        n = self.upscale
+        return average_blocks(self.model(enlarge(a, n), enlarge(b, n), self.text), n)
 
 
 @dataclass(frozen=True)
@@ -51,16 +60,19 @@ class OnnxCheck:
     max_abs_diff: float
 
 
-def export_onnx(model: UPFusion, text: torch.Tensor, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
-    """Writes ``model`` (with ``text`` baked in) to ``path`` as ONNX; dynamic batch, height and width.
+def export_onnx(
+    model: UPFusion, text: torch.Tensor, path: str | Path, opset: int = DEFAULT_OPSET, upscale: int = 1
+) -> Path:
+    """Writes ``model`` (with ``text`` baked in, fusing ``upscale`` times enlarged) to ``path`` as
+    ONNX; dynamic batch, height and width.
 
     The file is written under a temporary name and renamed into place; the weights are stored
     inside the ``.onnx`` file (no external data).
     """
-    require("onnx", "onnx", "ONNX export")
+    onnx = require("onnx", "onnx", "ONNX export")
     require("onnxscript", "onnx", "ONNX export")
     path = Path(path)
-    wrapper = FixedPromptFusion(model.cpu().eval(), text.cpu()).eval()
+    wrapper = FixedPromptFusion(model.cpu().eval(), text.cpu(), upscale).eval()
     height, width = EXPORT_SIZE
     # a batch of 2: torch.export would fix a dimension of size 1 to 1
     example = (torch.rand(2, 1, height, width), torch.rand(2, 1, height, width))
@@ -88,6 +100,9 @@ def export_onnx(model: UPFusion, text: torch.Tensor, path: str | Path, opset: in
             except Exception as exc:
                 raise UpfusionError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
             program.save(str(tmp_path), external_data=False)
+        saved = onnx.load(str(tmp_path))
+        onnx.helper.set_model_props(saved, {"upfusion.upscale": str(upscale)})
+        onnx.save(saved, str(tmp_path))
         tmp_path.replace(path)
     return path
 
@@ -99,19 +114,20 @@ def check_onnx(
     sizes: tuple[tuple[int, int], ...] = ((64, 96), (120, 160), (256, 256), (480, 640)),
     batch: int = 1,
     seed: int = 0,
+    upscale: int = 1,
 ) -> list[OnnxCheck]:
-    """Runs the ONNX file with onnxruntime (CPU) and PyTorch (the plain arithmetic) on random inputs of ``sizes``."""
+    """Runs the ONNX file with onnxruntime (CPU) and PyTorch (the plain arithmetic, enlarged
+    ``upscale`` times as the file was exported) on random inputs of ``sizes``."""
     ort = require("onnxruntime", "onnx", "checking the ONNX export")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(seed)
-    model = model.cpu().eval()
-    text = text.cpu().reshape(1, -1)
+    wrapper = FixedPromptFusion(model.cpu().eval(), text.cpu(), upscale).eval()
     checks = []
     for height, width in sizes:
         a = torch.rand(batch, 1, height, width, generator=generator)
         b = torch.rand(batch, 1, height, width, generator=generator)
         (onnx_out,) = session.run(["fused"], {"a": a.numpy(), "b": b.numpy()})
         with plain_arithmetic(), torch.no_grad():
-            torch_out = model(a, b, text).numpy()
+            torch_out = wrapper(a, b).numpy()
         checks.append(OnnxCheck(height, width, batch, float(np.abs(onnx_out - torch_out).max())))
     return checks

@@ -9,7 +9,10 @@ Exports the network of a checkpoint (default: the bundled default weights) to ON
 dynamic batch, height and width, the checkpoint's prompt embedding baked in. Inputs "a" and
 "b": [N, 1, H, W] float32 luma in [0, 1], H and W multiples of 8 (pad the bottom and right by
 reflection, as `upfusion fuse` does); output "fused": [N, 1, H, W], unclamped (clamp to
-[0, 1], scale by 255 and round). Then runs the file with onnxruntime on random inputs of the
+[0, 1], scale by 255 and round). With --upscale N the graph fuses the pair enlarged N times
+(each pixel an N x N block) and averages the output back to [N, 1, H, W], as `upfusion fuse
+--upscale N` does (N^2 times the work; the file's metadata "upfusion.upscale" records N).
+Then runs the file with onnxruntime on random inputs of the
 --check sizes and prints the largest difference from PyTorch on each; exits 1 if one exceeds
 --tolerance. Needs the onnx extra: pip install 'upfusion[onnx]'.
 """
@@ -17,6 +20,7 @@ reflection, as `upfusion fuse` does); output "fused": [N, 1, H, W], unclamped (c
 EPILOG = """\
 examples:
   upfusion export-onnx upfusion-default.onnx
+  upfusion export-onnx upfusion-default-2x.onnx --upscale 2   # as upfusion fuse runs images up to 0.5 MP
   upfusion export-onnx paper.onnx --weights converted/upfusion.json --check 480x640 --tolerance 1e-3
 """
 
@@ -40,6 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="sizes to compare onnxruntime with PyTorch on (default: 96x64 160x120 256x256 640x480; "
         "'none', or no size, skips the check)",
     )
+    p.add_argument(
+        "--upscale",
+        default="1",
+        metavar="N",
+        help="fuse the pair enlarged N times inside the graph, as upfusion fuse --upscale N does (default 1; "
+        "the bundled weights' upfusion fuse uses 2 up to half a megapixel)",
+    )
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted difference (default 1e-4)")
     p.set_defaults(func=run)
 
@@ -47,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..benchmark import parse_size
     from ..errors import UpfusionError
-    from ..fuse import resolve_weights
+    from ..fuse import check_upscale, resolve_weights
     from ..onnx_export import check_onnx, export_onnx
     from ..pretrained.checkpoint import load_network
     from ..pretrained.extras import require
@@ -60,12 +71,14 @@ def run(args: argparse.Namespace) -> int:
         raise UpfusionError(f"--check: {exc}") from None
     if any(h % 8 or w % 8 for h, w in sizes):
         raise UpfusionError("--check: sizes must be multiples of 8")
+    upscale = check_upscale(args.upscale, "--upscale", allow_auto=False)
     checkpoint = resolve_weights(args.weights)
     model, text = load_network(checkpoint, device="cpu")
-    path = export_onnx(model, text, args.output, opset=args.opset)  # both run under no_grad themselves
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) from {checkpoint}")
+    path = export_onnx(model, text, args.output, opset=args.opset, upscale=upscale)  # both under no_grad
+    enlarged = f", fusing {upscale} times enlarged" if upscale > 1 else ""
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) from {checkpoint}{enlarged}")
     worst = 0.0
-    for check in check_onnx(path, model, text, sizes=tuple(sizes)):
+    for check in check_onnx(path, model, text, sizes=tuple(sizes), upscale=upscale):
         worst = max(worst, check.max_abs_diff)
         print(f"  {check.width}x{check.height}: max |onnxruntime - torch| = {check.max_abs_diff:.2e}")
     if sizes and worst > args.tolerance:
