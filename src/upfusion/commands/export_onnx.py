@@ -12,9 +12,9 @@ reflection, as `upfusion fuse` does); output "fused": [N, 1, H, W], unclamped (c
 [0, 1], scale by 255 and round). With --upscale N the graph fuses the pair enlarged N times
 (each pixel an N x N block) and averages the output back to [N, 1, H, W], as `upfusion fuse
 --upscale N` does (N^2 times the work; the file's metadata "upfusion.upscale" records N).
-Then runs the file with onnxruntime on random inputs of the
---check sizes and prints the largest difference from PyTorch on each; exits 1 if one exceeds
---tolerance. Needs the onnx extra: pip install 'upfusion[onnx]'.
+Then runs the file with onnxruntime on random inputs of the --check sizes and prints the
+largest difference from PyTorch on each; exits 1 if one exceeds --tolerance. Needs the onnx
+extra: pip install 'upfusion[onnx]'.
 """
 
 EPILOG = """\
