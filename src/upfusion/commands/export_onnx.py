@@ -9,9 +9,9 @@ Exports the network of a checkpoint (default: the bundled default weights) to ON
 dynamic batch, height and width, the checkpoint's prompt embedding baked in. Inputs "a" and
 "b": [N, 1, H, W] float32 luma in [0, 1], H and W multiples of 8 (pad the bottom and right by
 reflection, as `upfusion fuse` does); output "fused": [N, 1, H, W], unclamped (clamp to
-[0, 1], scale by 255 and round). With --upscale N the graph fuses the pair enlarged N times
-(each pixel an N x N block) and averages the output back to [N, 1, H, W], as `upfusion fuse
---upscale N` does (N^2 times the work; the file's metadata "upfusion.upscale" records N).
+[0, 1], scale by 255 and round). With --upscale K the graph fuses the pair enlarged K times
+(each pixel a K x K block) and averages the output back to [N, 1, H, W], as `upfusion fuse
+--upscale K` does (K^2 times the work; the file's metadata "upfusion.upscale" records K).
 Then runs the file with onnxruntime on random inputs of the --check sizes and prints the
 largest difference from PyTorch on each; exits 1 if one exceeds --tolerance. Needs the onnx
 extra: pip install 'upfusion[onnx]'.
@@ -47,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--upscale",
         default="1",
-        metavar="N",
-        help="fuse the pair enlarged N times inside the graph, as upfusion fuse --upscale N does (default 1; "
+        metavar="K",
+        help="fuse the pair enlarged K times inside the graph, as upfusion fuse --upscale K does (default 1; "
         "the bundled weights' upfusion fuse uses 2 up to half a megapixel)",
     )
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted difference (default 1e-4)")
