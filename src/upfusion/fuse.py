@@ -402,8 +402,9 @@ def load(
     ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (autocast; fp16 on CUDA only;
     bf16 on the CPU is faster than fp32 only with bf16 arithmetic, AVX512-BF16 or AMX).
     ``method``: ``"upfusion"`` (the network) or the name of a classic method in
-    ``upfusion.baselines`` (then weights, device and precision are not used). ``tile``: ``"auto"`` (default: tiled only when an image would not fit in
-    the free memory), 0 or None (never), or a tile side in pixels (multiple of 8); ``overlap``:
+    ``upfusion.baselines`` (then weights, device and precision are not used). ``tile``:
+    ``"auto"`` (default: tiled only when an image would not fit in the free memory), 0 or None
+    (never), or a tile side in pixels (multiple of 8); ``overlap``:
     pixels shared by neighbouring tiles (``upfusion.tiling``). ``compile``: None (default,
     eager), ``"blocks"`` (``torch.compile`` of each Restormer block: pays on GPUs, compiles for
     about a minute per input shape, that is per image size and batch size) or ``"model"`` (one

@@ -3,8 +3,8 @@
 The exported graph takes ``a`` and ``b`` ([N, 1, H, W] float32 in [0, 1], H and W multiples
 of 8: pad at the bottom and right as ``upfusion fuse`` does) and returns the unclamped fused
 luma ``fused`` [N, 1, H, W]. The checkpoint's prompt embedding is baked in as a constant. With
-``upscale=N`` the graph also enlarges its inputs N times and averages the output back, as
-``upfusion fuse --upscale N`` does; the file's metadata ``upfusion.upscale`` says which N.
+``upscale=K`` the graph also enlarges its inputs K times and averages the output back, as
+``upfusion fuse --upscale K`` does; the file's metadata ``upfusion.upscale`` says which K.
 The graph is the specification's arithmetic (``plain_arithmetic``), not the PyTorch inference
 kernels, which cut the image in row bands whose count depends on its size.
 
@@ -69,7 +69,7 @@ def export_onnx(
     The file is written under a temporary name and renamed into place; the weights are stored
     inside the ``.onnx`` file (no external data).
     """
-    onnx = require("onnx", "onnx", "ONNX export")
+    require("onnx", "onnx", "ONNX export")
     require("onnxscript", "onnx", "ONNX export")
     path = Path(path)
     wrapper = FixedPromptFusion(model.cpu().eval(), text.cpu(), upscale).eval()
@@ -99,10 +99,8 @@ def export_onnx(
                 )
             except Exception as exc:
                 raise UpfusionError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+            program.model.metadata_props["upfusion.upscale"] = str(upscale)
             program.save(str(tmp_path), external_data=False)
-        saved = onnx.load(str(tmp_path))
-        onnx.helper.set_model_props(saved, {"upfusion.upscale": str(upscale)})
-        onnx.save(saved, str(tmp_path))
         tmp_path.replace(path)
     return path
 
