@@ -9,8 +9,8 @@
 # Writes log.txt, the bench JSON files and the training log and weights to $OUT.
 #
 # SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile cudagraphs
-# large profile profile-compiled compile-fast compile-model train"; by default all but the last
-# four. The training section runs `upfusion train --config $TRAIN_CONFIG` for at most
+# large profile profile-compiled compile-fast fused compile-model train"; by default all but the
+# last five. The training section runs `upfusion train --config $TRAIN_CONFIG` for at most
 # $TRAIN_SECONDS (it saves its state when stopped) and copies the weights it ended with and its
 # log to $OUT/train.
 set -u
@@ -107,6 +107,16 @@ if section compile-fast; then
     run "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 --arithmetic fast plain \
         --batch 8 --compile blocks --runs 10 --warmup 3 --timeout "${COMPILE_SECONDS:-200}" \
         --json "$OUT/bench_compile_fast.json"
+fi
+
+if section fused; then
+    # the Triton kernels of upfusion.model.fused_kernels (each MDTA pass and GDFN of the blocks of
+    # at most 128 channels in one kernel): their CUDA tests, then eager fast vs fused, same call
+    log "fused Triton kernels: CUDA tests"
+    run timeout 240 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
+    log "fused vs fast arithmetic, eager, paper and default presets, bf16, batch 1 and 8"
+    run timeout 300 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 --precision bf16 \
+        --arithmetic fast fused --batch 1 8 --runs 10 --warmup 2 --timeout 120 --json "$OUT/bench_fused.json"
 fi
 
 if section compile-model; then

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .huge_pages import ENV as HUGE_PAGES_ENV
 
-ARITHMETIC = ("fast", "plain")
+ARITHMETIC = ("fast", "plain", "fused")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,9 @@ class BenchCase:
     batch: int = 1
     device: str = "cpu"
     precision: str = "fp32"
-    arithmetic: str = "fast"  # "fast" (inference kernels) or "plain" (the specification's formulas)
+    # "fast" (inference kernels), "plain" (the specification's formulas) or "fused" (fast, with the
+    # opt-in Triton kernels of ``upfusion.model.fused_kernels``: GPUs)
+    arithmetic: str = "fast"
     tile: int | None = None  # tiled inference with this tile size
     overlap: int = 64
     compile: str | None = None  # torch.compile: None, "model" (one graph) or "blocks" (each Restormer block)
@@ -133,11 +135,13 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
     import torch
 
     from .inference import inference_context, maybe_compile
-    from .model import fast_ops
+    from .model import fast_ops, fused_kernels
     from .tiling import tiled_forward
 
     if case.arithmetic not in ARITHMETIC:
         raise ValueError(f"arithmetic must be one of {ARITHMETIC}, not {case.arithmetic!r}")
+    if case.arithmetic == "fused" and not fused_kernels.available():
+        raise ValueError("arithmetic 'fused' needs Triton and a CUDA GPU (or TRITON_INTERPRET=1 on the CPU)")
     if case.height % 8 or case.width % 8:
         raise ValueError(f"{case.width}x{case.height}: the network takes multiples of 8 (the pipeline pads)")
     if case.threads:
@@ -169,7 +173,8 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
             torch.cuda.synchronize(device)
 
     saved = fast_ops._enabled
-    fast_ops.set_fast_inference(case.arithmetic == "fast")
+    fast_ops.set_fast_inference(case.arithmetic != "plain")
+    fused_kernels.set_fused_kernels(case.arithmetic == "fused")
     try:
         with inference_context(device, case.precision):
             for _ in range(warmup):
@@ -180,6 +185,7 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
                 result.latencies_s.append(time.perf_counter() - start)
     finally:
         fast_ops.set_fast_inference(saved)
+        fused_kernels.set_fused_kernels(False)
     result.latency_s = statistics.median(result.latencies_s)
     result.pairs_per_s = case.batch / result.latency_s
     result.peak_memory_bytes = torch.cuda.max_memory_allocated(device) if cuda else _peak_rss_bytes()

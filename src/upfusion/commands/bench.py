@@ -21,8 +21,9 @@ on a GPU the peak of PyTorch's CUDA allocator.
 
 arithmetic: "fast" is what `upfusion fuse` runs (inference kernels: channels-last, row bands,
 folded attention); "plain" computes the specification's formulas literally (the reference
-arithmetic); both give the same result to ~1e-6. precision: fp32, bf16 or fp16 (autocast;
-fp16 on CUDA only). Speed does not depend on the weights, so presets run with their random
+arithmetic); both give the same result to ~1e-6. "fused" is "fast" with each GDFN (LayerNorm,
+feed-forward and residual) as one Triton kernel: GPUs only, opt-in until measured there.
+precision: fp32, bf16 or fp16 (autocast; fp16 on CUDA only). Speed does not depend on the weights, so presets run with their random
 initialisation unless --weights names a checkpoint.
 """
 
@@ -57,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", nargs="+", default=["auto"], metavar="DEV", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"], help="default fp32")
     p.add_argument(
-        "--arithmetic", nargs="+", default=["fast"], choices=["fast", "plain"], help="default fast (see above)"
+        "--arithmetic", nargs="+", default=["fast"], choices=["fast", "plain", "fused"], help="default fast (see above)"
     )
     p.add_argument("--tile", type=int, metavar="PX", help="tiled inference with PX x PX tiles")
     p.add_argument("--overlap", type=int, default=64, metavar="PX", help="tile overlap (default 64)")

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_kernels
+
 _enabled = True
 
 # The rows of one band: enough for efficient matrix products, few enough that the band's
@@ -239,19 +241,28 @@ def _apply_attention(
 
 
 def mdta_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x + MDTA(LN(x))`` of a ``TransformerBlock``."""
+    """``x + MDTA(LN(x))`` of a ``TransformerBlock`` (``x`` channels-last)."""
     attn = block.attn
+    acc = _GramAccumulator(x.shape[0], x.shape[1], attn.heads, x)
+    if fused_kernels.applies(x):  # opt-in: one Triton kernel on a GPU
+        values = fused_kernels.mdta_statistics(block.norm1, attn, x, acc.gram, acc.q_sq, acc.k_sq)
+    else:
+        values = _mdta_statistics(block, x, acc)
+    weights = acc.logits(attn.temperature).softmax(dim=-1)
+    return _apply_attention(values, _output_matrix(attn.project_out, weights), x, x.shape)
+
+
+def _mdta_statistics(block: nn.Module, x: torch.Tensor, acc: _GramAccumulator) -> torch.Tensor:
+    """q, k, v band by band: q and k into ``acc``; v returned as [N, H*W, c]."""
     n, c, height, width = x.shape
-    acc = _GramAccumulator(n, c, attn.heads, x)
     values = None
     rows = band_rows(x, 3 * c)
-    for r0, r1, (q, k, v) in conv_bands(x, block.norm1, split_weights(attn.qkv, attn.qkv_dwconv, 3), rows):
+    for r0, r1, (q, k, v) in conv_bands(x, block.norm1, split_weights(block.attn.qkv, block.attn.qkv_dwconv, 3), rows):
         acc.add(q, k)
         if values is None:
             values = torch.empty(n, height * width, c, dtype=v.dtype, device=v.device)
         values[:, r0 * width : r1 * width] = v
-    weights = acc.logits(attn.temperature).softmax(dim=-1)
-    return _apply_attention(values, _output_matrix(attn.project_out, weights), x, x.shape)
+    return values
 
 
 def topk_cross_attention(tcpm: nn.Module, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
@@ -287,6 +298,8 @@ def gdfn_residual(norm: nn.Module, ffn: nn.Module, x: torch.Tensor) -> torch.Ten
     depth-wise weights are zero, so they hold gelu(0) * 0 = 0 and add exact zeros to
     ``project_out``.
     """
+    if fused_kernels.applies(x):  # opt-in: one Triton kernel on a GPU
+        return fused_kernels.gdfn_residual(norm, ffn, x)
     n, c, height, width = x.shape
     hidden = ffn.project_out.in_channels
     wide = padded_width(hidden)

@@ -1,0 +1,218 @@
+"""The Triton kernels of ``fused_kernels`` (imported only when they run: Triton is optional)."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def rounded(x, DTYPE: tl.constexpr, EMULATED: tl.constexpr):
+    """float32 ``x`` rounded to ``DTYPE`` (to nearest, ties to even), kept as float32.
+
+    Triton's interpreter truncates float32 to bf16, so there the rounding is done on the bits.
+    """
+    if EMULATED and DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    return x.to(DTYPE).to(tl.float32)
+
+
+@triton.jit
+def operand(x, DTYPE: tl.constexpr, EMULATED: tl.constexpr):
+    """float32 ``x`` as a matrix-product operand in ``DTYPE``. The interpreter multiplies bf16
+    wrongly (numpy has no bf16): there the operand is the rounded value in float32, whose
+    products with another such operand are exact in float32, as on the GPU's tensor cores."""
+    if EMULATED:
+        return rounded(x, DTYPE, EMULATED)
+    return x.to(DTYPE)
+
+
+@triton.jit
+def dot(a, b, PRECISION: tl.constexpr, EMULATED: tl.constexpr):
+    """``a @ b`` of two ``operand`` tiles, with float32 sums."""
+    if EMULATED:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def halo_layer_norm(
+    x_ptr, ln_w_ptr, ln_b_ptr, n, tile_h, tile_w, height, width, channels,
+    BLOCK_C: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_P: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, EMULATED: tl.constexpr,
+):  # fmt: skip
+    """LayerNorm over the channels (population variance, eps 1e-5) of the halo tile, the output
+    tile's (TILE_H + 2) x (TILE_W + 2) pixels flattened row-major, as a product operand; and
+    which of those pixels lie in the image."""
+    halo_w: tl.constexpr = TILE_W + 2
+    ch = tl.arange(0, BLOCK_C)
+    ch_ok = ch < channels
+    hp = tl.arange(0, HALO_P)
+    row = tile_h * TILE_H - 1 + hp // halo_w
+    col = tile_w * TILE_W - 1 + hp % halo_w
+    inside = (hp < (TILE_H + 2) * halo_w) & (row >= 0) & (row < height) & (col >= 0) & (col < width)
+    pixel = (n * height + row).to(tl.int64) * width + col
+    x = tl.load(x_ptr + pixel[:, None] * channels + ch[None, :], mask=inside[:, None] & ch_ok[None, :], other=0.0)
+    x = x.to(tl.float32)
+    mean = tl.sum(x, axis=1) / channels
+    diff = tl.where(ch_ok[None, :], x - mean[:, None], 0.0)
+    inv_std = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / channels + 1e-5)
+    ln_w = tl.load(ln_w_ptr + ch, mask=ch_ok, other=0.0)
+    ln_b = tl.load(ln_b_ptr + ch, mask=ch_ok, other=0.0)
+    return operand(diff * inv_std[:, None] * ln_w[None, :] + ln_b[None, :], DOT_DTYPE, EMULATED), inside
+
+
+@triton.jit
+def project_to_scratch(
+    normed, inside, w_ptr, row_stride, cols, cols_ok, channels, scratch,
+    BLOCK_C: tl.constexpr, HALO_P: tl.constexpr, COLS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATED: tl.constexpr,
+):  # fmt: skip
+    """A 1x1 conv of the halo tile onto ``cols`` (``w``: [channels, row_stride], input-major),
+    rounded as the unfused convolution's output, written to ``scratch`` [HALO_P, COLS]. The
+    depth-wise conv that follows zero-pads its input, so pixels outside the image hold 0."""
+    ch = tl.arange(0, BLOCK_C)
+    w = tl.load(
+        w_ptr + ch[:, None] * row_stride + cols[None, :], mask=(ch < channels)[:, None] & cols_ok[None, :], other=0.0
+    )
+    y = rounded(dot(normed, operand(w, DOT_DTYPE, EMULATED), PRECISION, EMULATED), DOT_DTYPE, EMULATED)
+    y = tl.where(inside[:, None], y, 0.0)
+    tl.store(scratch + tl.arange(0, HALO_P)[:, None] * COLS + tl.arange(0, COLS)[None, :], y)
+
+
+@triton.jit
+def depthwise_from_scratch(
+    scratch, dw_ptr, cols, cols_ok,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, OUT_P: tl.constexpr, COLS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, EMULATED: tl.constexpr,
+):  # fmt: skip
+    """The depth-wise 3x3 conv (``dw``: [channels, 9]) at the output tile's pixels, from the halo
+    tile in ``scratch``; rounded as the unfused convolution's output. [OUT_P, COLS]."""
+    halo_w: tl.constexpr = TILE_W + 2
+    op = tl.arange(0, OUT_P)
+    within = op < TILE_H * TILE_W
+    row, col = op // TILE_W, op % TILE_W
+    out = tl.zeros((OUT_P, COLS), dtype=tl.float32)
+    for tap in tl.static_range(9):
+        src = tl.where(within, (row + tap // 3) * halo_w + (col + tap % 3), 0)
+        y = tl.load(scratch + src[:, None] * COLS + tl.arange(0, COLS)[None, :])
+        out += y * tl.load(dw_ptr + cols * 9 + tap, mask=cols_ok, other=0.0)[None, :]
+    return rounded(out, DOT_DTYPE, EMULATED)
+
+
+@triton.jit
+def output_pixels(n, tile_h, tile_w, height, width, TILE_H: tl.constexpr, TILE_W: tl.constexpr, OUT_P: tl.constexpr):
+    """The output tile's pixel indices (flattened over the batch) and which lie in the image."""
+    op = tl.arange(0, OUT_P)
+    row, col = tile_h * TILE_H + op // TILE_W, tile_w * TILE_W + op % TILE_W
+    inside = (op < TILE_H * TILE_W) & (row < height) & (col < width)
+    return (n * height + row).to(tl.int64) * width + col, inside
+
+
+@triton.jit
+def gdfn_residual_kernel(
+    x_ptr, out_ptr, scratch_ptr, ln_w_ptr, ln_b_ptr, w1_ptr, w2_ptr, dw1_ptr, dw2_ptr, wo_ptr,
+    height, width, channels, hidden_padded,
+    BLOCK_C: tl.constexpr, SLICE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATED: tl.constexpr,
+):  # fmt: skip
+    """``x + GDFN(LayerNorm(x))`` of one output tile (channels-last maps; weights prepared by
+    ``fused_kernels.gdfn_residual``)."""
+    tile_w, tile_h, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    program = (n * tl.num_programs(1) + tile_h) * tl.num_programs(0) + tile_w
+    scratch1 = scratch_ptr + program.to(tl.int64) * (2 * HALO_P * SLICE)
+    scratch2 = scratch1 + HALO_P * SLICE
+    normed, inside = halo_layer_norm(
+        x_ptr, ln_w_ptr, ln_b_ptr, n, tile_h, tile_w, height, width, channels,
+        BLOCK_C, TILE_H, TILE_W, HALO_P, DOT_DTYPE, EMULATED,
+    )  # fmt: skip
+    all_ok = tl.full((SLICE,), 1, tl.int1)  # the hidden width is zero-padded to whole slices
+
+    acc = tl.zeros((OUT_P, BLOCK_C), dtype=tl.float32)
+    for start in range(0, hidden_padded, SLICE):
+        hid = start + tl.arange(0, SLICE)
+        project_to_scratch(
+            normed, inside, w1_ptr, hidden_padded, hid, all_ok, channels, scratch1,
+            BLOCK_C, HALO_P, SLICE, DOT_DTYPE, PRECISION, EMULATED,
+        )  # fmt: skip
+        project_to_scratch(
+            normed, inside, w2_ptr, hidden_padded, hid, all_ok, channels, scratch2,
+            BLOCK_C, HALO_P, SLICE, DOT_DTYPE, PRECISION, EMULATED,
+        )  # fmt: skip
+        tl.debug_barrier()  # the whole halo tile is written before any thread reads a neighbour
+        d1 = depthwise_from_scratch(scratch1, dw1_ptr, hid, all_ok, TILE_H, TILE_W, OUT_P, SLICE, DOT_DTYPE, EMULATED)
+        d2 = depthwise_from_scratch(scratch2, dw2_ptr, hid, all_ok, TILE_H, TILE_W, OUT_P, SLICE, DOT_DTYPE, EMULATED)
+        tl.debug_barrier()  # every read is done before the next slice overwrites the scratch
+
+        gated = 0.5 * d1 * (1.0 + tl.math.erf(d1 * 0.7071067811865476)) * d2  # exact GELU, as F.gelu
+        ch = tl.arange(0, BLOCK_C)
+        wo = tl.load(wo_ptr + hid[:, None] * channels + ch[None, :], mask=(ch < channels)[None, :], other=0.0)
+        acc += dot(operand(gated, DOT_DTYPE, EMULATED), operand(wo, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
+
+    pixel, inside_out = output_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, OUT_P)
+    ch = tl.arange(0, BLOCK_C)
+    mask = inside_out[:, None] & (ch < channels)[None, :]
+    x = tl.load(x_ptr + pixel[:, None] * channels + ch[None, :], mask=mask, other=0.0).to(tl.float32)
+    result = x + rounded(acc, DOT_DTYPE, EMULATED)
+    tl.store(out_ptr + pixel[:, None] * channels + ch[None, :], result.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def mdta_statistics_kernel(
+    x_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch_ptr, ln_w_ptr, ln_b_ptr,
+    wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
+    height, width, channels, heads, head_width,
+    BLOCK_C: tl.constexpr, HEAD_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATED: tl.constexpr,
+):  # fmt: skip
+    """MDTA's first pass over one output tile: q, k, v = dwconv(qkv(LayerNorm(x))) head by head;
+    adds the tile's share of each head's Gram matrix q_h^T k_h and of the squared norms of q and
+    k to ``gram`` [N, heads, d, d] and ``q_sq``, ``k_sq`` [N, C] (float32), and writes v to
+    ``values`` [N, H*W, C]. (``q``/``k``/``v`` weights: [C, C], input-major.)"""
+    tile_w, tile_h, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    program = (n * tl.num_programs(1) + tile_h) * tl.num_programs(0) + tile_w
+    scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * HEAD_P)
+    normed, inside = halo_layer_norm(
+        x_ptr, ln_w_ptr, ln_b_ptr, n, tile_h, tile_w, height, width, channels,
+        BLOCK_C, TILE_H, TILE_W, HALO_P, DOT_DTYPE, EMULATED,
+    )  # fmt: skip
+    pixel, inside_out = output_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, OUT_P)
+    j = tl.arange(0, HEAD_P)
+    j_ok = j < head_width
+
+    for h in range(heads):
+        cols = h * head_width + j
+        # q, then k, then v through the one scratch tile; pixels outside the image count as 0
+        project_to_scratch(
+            normed, inside, wq_ptr, channels, cols, j_ok, channels, scratch,
+            BLOCK_C, HALO_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
+        )  # fmt: skip
+        tl.debug_barrier()
+        q = depthwise_from_scratch(scratch, dwq_ptr, cols, j_ok, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, EMULATED)
+        q = tl.where(inside_out[:, None], q, 0.0)
+        tl.debug_barrier()
+        project_to_scratch(
+            normed, inside, wk_ptr, channels, cols, j_ok, channels, scratch,
+            BLOCK_C, HALO_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
+        )  # fmt: skip
+        tl.debug_barrier()
+        k = depthwise_from_scratch(scratch, dwk_ptr, cols, j_ok, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, EMULATED)
+        k = tl.where(inside_out[:, None], k, 0.0)
+        tl.debug_barrier()
+        project_to_scratch(
+            normed, inside, wv_ptr, channels, cols, j_ok, channels, scratch,
+            BLOCK_C, HALO_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
+        )  # fmt: skip
+        tl.debug_barrier()
+        v = depthwise_from_scratch(scratch, dwv_ptr, cols, j_ok, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, EMULATED)
+        tl.debug_barrier()
+
+        gram = dot(operand(tl.trans(q), DOT_DTYPE, EMULATED), operand(k, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
+        g_offsets = ((n * heads + h) * head_width + j[:, None]) * head_width + j[None, :]
+        tl.atomic_add(gram_ptr + g_offsets, gram, mask=j_ok[:, None] & j_ok[None, :])
+        tl.atomic_add(q_sq_ptr + n * channels + cols, tl.sum(q * q, axis=0), mask=j_ok)
+        tl.atomic_add(k_sq_ptr + n * channels + cols, tl.sum(k * k, axis=0), mask=j_ok)
+        out = values_ptr + pixel[:, None] * channels + cols[None, :]
+        tl.store(out, v.to(values_ptr.dtype.element_ty), mask=inside_out[:, None] & j_ok[None, :])
