@@ -22,6 +22,8 @@ re-associated, and agree with the plain path to float32 rounding (~1e-6):
   1x1 conv for q;
 - under ``torch.compile`` the depth-wise 3x3 convs are nine shifted products, which the
   compiler fuses with their neighbours (``blocks.DepthwiseConv3x3`` does the same).
+- opt-in, on a GPU: ``fused_kernels`` runs MDTA's pass and the GDFN of blocks of up to 128
+  channels as single Triton kernels.
 
 The SCPM and TCPM channel selections are made by the modules themselves, from inputs computed
 by the same code in both paths (spec section 6 explains why that matters).

@@ -4,17 +4,20 @@
 100 GB for one 640x480 pair in bf16, 30 ms at an H100's 3.35 TB/s, above issue #6's 13 ms
 before any kernel is slow; with each block's stages fused it moves about 11 GB.
 
-``gdfn_residual`` is ``x + GDFN(LayerNorm(x))`` in one kernel. Each program takes a tile of
-output pixels with a one-pixel halo, and for each slice of the hidden channels: LayerNorm of
-the halo tile, ``project_in`` (both halves), the depth-wise 3x3 convolution (through a small
-scratch buffer that stays in the GPU's cache: Triton cannot shift a tile held in registers),
-``gelu(x1) * x2`` and its share of ``project_out``, summed in registers. Only the block's input
-and output touch main memory. The hidden channels are independent until ``project_out``,
-which is why the slices can be done one after the other.
+- ``gdfn_residual``: ``x + GDFN(LayerNorm(x))``. Each program takes a tile of output pixels
+  with a one-pixel halo and, for each slice of the hidden channels: LayerNorm of the halo
+  tile, ``project_in`` (both halves), the depth-wise 3x3 convolution (through a small scratch
+  tile that stays in the GPU's cache: Triton cannot shift a tile held in registers),
+  ``gelu(x1) * x2`` and its share of ``project_out``, summed in registers. The hidden channels
+  are independent until ``project_out``, which is why the slices can be done one by one.
+- ``mdta_statistics``: MDTA's pass over the map, the same way head by head: q, k and v, each
+  tile's share of the Gram matrices and of the norms of q and k (added atomically), and v.
+  The softmax and the one product that applies the attention stay in ``fast_ops``.
 
-Opt-in (``set_fused_kernels(True)``, ``upfusion bench --arithmetic fused``) until measured on a
-GPU. The tests run the kernels with Triton's interpreter (``TRITON_INTERPRET=1``) on the CPU,
-against the modules' own arithmetic.
+Only the blocks' inputs and outputs (and v) touch main memory. Opt-in
+(``set_fused_kernels(True)``, ``upfusion bench --arithmetic fused``) until timed on a GPU. The
+tests run the kernels with Triton's interpreter (``TRITON_INTERPRET=1``) on the CPU, against
+the modules' own arithmetic.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def interpreting() -> bool:
 
 
 def applies(x: torch.Tensor) -> bool:
-    """True when ``gdfn_residual`` should run for the map ``x`` [N, C, H, W]."""
+    """True when the kernels should run for the map ``x`` [N, C, H, W]."""
     if not _enabled or x.shape[1] > MAX_CHANNELS or torch.compiler.is_compiling():
         return False
     return x.is_cuda or (interpreting() and x.device.type == "cpu")
@@ -107,7 +110,7 @@ def gdfn_residual(norm: nn.Module, ffn: nn.Module, x: torch.Tensor) -> torch.Ten
     w_in, dw = ffn.project_in.weight, ffn.dwconv.weight  # [2 hidden, C, 1, 1], [2 hidden, 1, 3, 3]
     halves = [_rows(w_in[:hidden], padded).t().contiguous(), _rows(w_in[hidden:], padded).t().contiguous()]
     wo = _rows(ffn.project_out.weight.flatten(1).t(), padded)  # [padded, C]
-    scratch = torch.empty(launch.programs * 2 * launch.halo_p * HIDDEN_SLICE, dtype=torch.float32, device=x.device)
+    scratch = torch.empty(launch.programs * launch.halo_p * HIDDEN_SLICE, dtype=torch.float32, device=x.device)
     out_dtype = torch.promote_types(x.dtype, launch.compute)
     out = torch.empty(n, c, height, width, dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
     gdfn_residual_kernel[launch.grid](

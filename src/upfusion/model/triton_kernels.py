@@ -101,6 +101,24 @@ def depthwise_from_scratch(
 
 
 @triton.jit
+def pointwise_depthwise(
+    normed, inside, w_ptr, row_stride, dw_ptr, cols, cols_ok, channels, scratch,
+    BLOCK_C: tl.constexpr, HALO_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    OUT_P: tl.constexpr, COLS: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATED: tl.constexpr,
+):  # fmt: skip
+    """``dwconv3x3(conv1x1(normed))`` onto ``cols`` at the output tile's pixels, through ``scratch``."""
+    project_to_scratch(
+        normed, inside, w_ptr, row_stride, cols, cols_ok, channels, scratch,
+        BLOCK_C, HALO_P, COLS, DOT_DTYPE, PRECISION, EMULATED,
+    )  # fmt: skip
+    tl.debug_barrier()  # the whole halo tile is written before any thread reads a neighbour
+    out = depthwise_from_scratch(scratch, dw_ptr, cols, cols_ok, TILE_H, TILE_W, OUT_P, COLS, DOT_DTYPE, EMULATED)
+    tl.debug_barrier()  # every read is done before the scratch is written again
+    return out
+
+
+@triton.jit
 def output_pixels(n, tile_h, tile_w, height, width, TILE_H: tl.constexpr, TILE_W: tl.constexpr, OUT_P: tl.constexpr):
     """The output tile's pixel indices (flattened over the batch) and which lie in the image."""
     op = tl.arange(0, OUT_P)
@@ -121,8 +139,7 @@ def gdfn_residual_kernel(
     ``fused_kernels.gdfn_residual``)."""
     tile_w, tile_h, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     program = (n * tl.num_programs(1) + tile_h) * tl.num_programs(0) + tile_w
-    scratch1 = scratch_ptr + program.to(tl.int64) * (2 * HALO_P * SLICE)
-    scratch2 = scratch1 + HALO_P * SLICE
+    scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * SLICE)
     normed, inside = halo_layer_norm(
         x_ptr, ln_w_ptr, ln_b_ptr, n, tile_h, tile_w, height, width, channels,
         BLOCK_C, TILE_H, TILE_W, HALO_P, DOT_DTYPE, EMULATED,
@@ -132,18 +149,14 @@ def gdfn_residual_kernel(
     acc = tl.zeros((OUT_P, BLOCK_C), dtype=tl.float32)
     for start in range(0, hidden_padded, SLICE):
         hid = start + tl.arange(0, SLICE)
-        project_to_scratch(
-            normed, inside, w1_ptr, hidden_padded, hid, all_ok, channels, scratch1,
-            BLOCK_C, HALO_P, SLICE, DOT_DTYPE, PRECISION, EMULATED,
+        d1 = pointwise_depthwise(
+            normed, inside, w1_ptr, hidden_padded, dw1_ptr, hid, all_ok, channels, scratch,
+            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
-        project_to_scratch(
-            normed, inside, w2_ptr, hidden_padded, hid, all_ok, channels, scratch2,
-            BLOCK_C, HALO_P, SLICE, DOT_DTYPE, PRECISION, EMULATED,
+        d2 = pointwise_depthwise(
+            normed, inside, w2_ptr, hidden_padded, dw2_ptr, hid, all_ok, channels, scratch,
+            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
-        tl.debug_barrier()  # the whole halo tile is written before any thread reads a neighbour
-        d1 = depthwise_from_scratch(scratch1, dw1_ptr, hid, all_ok, TILE_H, TILE_W, OUT_P, SLICE, DOT_DTYPE, EMULATED)
-        d2 = depthwise_from_scratch(scratch2, dw2_ptr, hid, all_ok, TILE_H, TILE_W, OUT_P, SLICE, DOT_DTYPE, EMULATED)
-        tl.debug_barrier()  # every read is done before the next slice overwrites the scratch
 
         gated = 0.5 * d1 * (1.0 + tl.math.erf(d1 * 0.7071067811865476)) * d2  # exact GELU, as F.gelu
         ch = tl.arange(0, BLOCK_C)
@@ -185,29 +198,20 @@ def mdta_statistics_kernel(
     for h in range(heads):
         cols = h * head_width + j
         # q, then k, then v through the one scratch tile; pixels outside the image count as 0
-        project_to_scratch(
-            normed, inside, wq_ptr, channels, cols, j_ok, channels, scratch,
-            BLOCK_C, HALO_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
+        q = pointwise_depthwise(
+            normed, inside, wq_ptr, channels, dwq_ptr, cols, j_ok, channels, scratch,
+            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
-        tl.debug_barrier()
-        q = depthwise_from_scratch(scratch, dwq_ptr, cols, j_ok, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, EMULATED)
+        k = pointwise_depthwise(
+            normed, inside, wk_ptr, channels, dwk_ptr, cols, j_ok, channels, scratch,
+            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
+        )  # fmt: skip
+        v = pointwise_depthwise(
+            normed, inside, wv_ptr, channels, dwv_ptr, cols, j_ok, channels, scratch,
+            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
+        )  # fmt: skip
         q = tl.where(inside_out[:, None], q, 0.0)
-        tl.debug_barrier()
-        project_to_scratch(
-            normed, inside, wk_ptr, channels, cols, j_ok, channels, scratch,
-            BLOCK_C, HALO_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
-        )  # fmt: skip
-        tl.debug_barrier()
-        k = depthwise_from_scratch(scratch, dwk_ptr, cols, j_ok, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, EMULATED)
         k = tl.where(inside_out[:, None], k, 0.0)
-        tl.debug_barrier()
-        project_to_scratch(
-            normed, inside, wv_ptr, channels, cols, j_ok, channels, scratch,
-            BLOCK_C, HALO_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
-        )  # fmt: skip
-        tl.debug_barrier()
-        v = depthwise_from_scratch(scratch, dwv_ptr, cols, j_ok, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, EMULATED)
-        tl.debug_barrier()
 
         gram = dot(operand(tl.trans(q), DOT_DTYPE, EMULATED), operand(k, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
         g_offsets = ((n * heads + h) * head_width + j[:, None]) * head_width + j[None, :]
