@@ -114,6 +114,8 @@ if section fused; then
     # at most 128 channels in one kernel): their CUDA tests, then eager fast vs fused, same call
     log "fused Triton kernels: CUDA tests"
     run timeout 240 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
+    log "stage by stage: fused kernels (tiles, warps) vs inference kernels, bf16, batch 8"
+    run timeout 240 "$PY" benchmarks/bench_fused_stages.py --batch 8 --precision bf16
     log "fused vs fast arithmetic, eager, paper and default presets, bf16, batch 1 and 8"
     run timeout 300 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 --precision bf16 \
         --arithmetic fast fused --batch 1 8 --runs 10 --warmup 2 --timeout 120 --json "$OUT/bench_fused.json"

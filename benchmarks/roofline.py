@@ -11,14 +11,18 @@ empty allocations move nothing and are not counted. Each top-level module gets i
 
 From these counts, for a GPU of ``--tflops`` dense matrix throughput and ``--bandwidth`` memory
 bandwidth (defaults: the 798 TFLOP/s that a large bf16 product reached on a lent H100, and the
-H100 SXM's specified 3.35 TB/s), three floors per pair:
+H100 SXM's specified 3.35 TB/s), four floors per pair:
 
 - compute: all FLOPs at the matrix rate (the "2.6 ms" of issue #6 for the paper preset);
 - operator by operator: each operator as one kernel that reaches the roofline,
   ``max(flops / rate, bytes / bandwidth)``, summed (what an eager call could reach at best);
 - Restormer blocks fused: each ``TransformerBlock`` as one kernel that reads its input twice
   (the channel attention needs the whole map's Gram matrix before any output) and writes its
-  output once, the rest of the network operator by operator.
+  output once, the rest of the network operator by operator;
+- upfusion's fused kernels (``upfusion.model.fused_kernels``): the blocks they take with the
+  traffic those kernels have by design (``fused_kernel_bytes``; the kernels themselves are not
+  run here), the other blocks and the rest operator by operator (TCPM's feed-forward too, which
+  the GDFN kernel also takes: the model errs high there).
 
 These are floors, not predictions: real kernels reach a fraction of either rate, and each
 launch costs microseconds (the operator count is listed for that reason). The counts come from
@@ -39,7 +43,7 @@ from torch.utils.flop_counter import flop_registry
 
 from upfusion.benchmark import ARITHMETIC, machine_description, parse_size
 from upfusion.inference import PRECISIONS, inference_context
-from upfusion.model import fast_ops
+from upfusion.model import fast_ops, fused_kernels
 from upfusion.model.blocks import TransformerBlock
 from upfusion.presets import PRESETS, build_model
 
@@ -69,7 +73,23 @@ class Traffic:
     # with each Restormer block as one kernel (see the module docstring)
     fused_bytes: int = 0
     fused_floor_s: float = 0.0
+    # with upfusion's fused Triton kernels in the blocks they take (modelled: see fused_kernel_bytes)
+    kernels_bytes: int = 0
+    kernels_floor_s: float = 0.0
     kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # operator -> bytes
+
+
+def fused_kernel_bytes(x: torch.Tensor) -> int | None:
+    """The traffic of a ``TransformerBlock`` on ``x`` with ``fused_kernels`` (None where they do
+    not apply: wider maps): MDTA's kernel reads x and its halo and writes v, the attention's
+    product reads v and x and writes x', the GDFN kernel reads x' and its halo and writes the
+    output. The halo is the share of extra pixels that the default tiles read."""
+    c = x.shape[1]
+    if c > fused_kernels.MAX_CHANNELS:
+        return None
+    rows, cols = fused_kernels.default_config(c).tile
+    halo = (rows + 2) * (cols + 2) / (rows * cols)
+    return round((2 * halo + 5) * x.numel() * x.element_size())
 
 
 def tensor_bytes(tree) -> int:
@@ -86,7 +106,8 @@ class TrafficCounter(TorchDispatchMode):
         self.parts: dict[str, Traffic] = defaultdict(Traffic)
         self.current = "(outside the modules)"
         self.block_depth = 0  # > 0 inside a TransformerBlock
-        self.block_flops = self.block_bytes = 0
+        self.block_flops = self.block_bytes = self.block_op_bytes = 0
+        self.block_op_floor_s = 0.0
         self.handles = []
         for name, child in model.named_children():
             self.handles.append(child.register_forward_pre_hook(lambda m, i, name=name: setattr(self, "current", name)))
@@ -98,6 +119,7 @@ class TrafficCounter(TorchDispatchMode):
     def _enter_block(self, module, inputs) -> None:
         if self.block_depth == 0:
             self.block_flops, self.block_bytes = 0, 2 * tensor_bytes(inputs)
+            self.block_op_bytes, self.block_op_floor_s = 0, 0.0
         self.block_depth += 1
 
     def _leave_block(self, module, inputs, output) -> None:
@@ -106,6 +128,13 @@ class TrafficCounter(TorchDispatchMode):
             part, moved = self.parts[self.current], self.block_bytes + tensor_bytes(output)
             part.fused_bytes += moved
             part.fused_floor_s += max(self.block_flops / self.rate, moved / self.bandwidth)
+            modelled = fused_kernel_bytes(inputs[0])
+            if modelled is None:
+                part.kernels_bytes += self.block_op_bytes
+                part.kernels_floor_s += self.block_op_floor_s
+            else:
+                part.kernels_bytes += modelled
+                part.kernels_floor_s += max(self.block_flops / self.rate, modelled / self.bandwidth)
 
     def remove_hooks(self) -> None:
         for handle in self.handles:
@@ -140,8 +169,12 @@ class TrafficCounter(TorchDispatchMode):
         if self.block_depth == 0:
             part.fused_bytes += moved
             part.fused_floor_s += floor
+            part.kernels_bytes += moved
+            part.kernels_floor_s += floor
         else:
             self.block_flops += flops
+            self.block_op_bytes += moved
+            self.block_op_floor_s += floor
         return out
 
 
@@ -169,6 +202,8 @@ def report(counter: TrafficCounter, heading: str, top: int) -> None:
     fused = sum(p.fused_bytes for p in parts.values())
     op_floor = sum(p.op_floor_s for p in parts.values())
     fused_floor = sum(p.fused_floor_s for p in parts.values())
+    kernels = sum(p.kernels_bytes for p in parts.values())
+    kernels_floor = sum(p.kernels_floor_s for p in parts.values())
     print(
         f"\n**{heading}**: {flops / 1e12:.3f} TFLOP, {moved / 1e9:.1f} GB moved operator by operator "
         f"({sum(p.operators for p in parts.values()):,} operators), {fused / 1e9:.1f} GB with the Restormer "
@@ -182,15 +217,20 @@ def report(counter: TrafficCounter, heading: str, top: int) -> None:
     )
     print(f"| operator by operator, each at its roofline | {1e3 * op_floor:.2f} ms |")
     print(f"| Restormer blocks fused, the rest operator by operator | {1e3 * fused_floor:.2f} ms |")
+    print(
+        f"| upfusion's fused kernels in the blocks of up to {fused_kernels.MAX_CHANNELS} channels "
+        f"({kernels / 1e9:.1f} GB, modelled), the rest operator by operator | {1e3 * kernels_floor:.2f} ms |"
+    )
 
     print(
-        "\n| module (top level) | GFLOP | GB moved | operators | floor, operator by operator (ms) | GB, blocks fused |"
+        "\n| module (top level) | GFLOP | GB moved | operators | floor, operator by operator (ms) | GB, blocks fused "
+        "| GB, fused kernels |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, p in sorted(parts.items(), key=lambda kv: kv[1].op_floor_s, reverse=True):
         print(
             f"| `{name}` | {p.flops / 1e9:,.1f} | {p.bytes / 1e9:.2f} | {p.operators:,} | "
-            f"{1e3 * p.op_floor_s:.2f} | {p.fused_bytes / 1e9:.2f} |"
+            f"{1e3 * p.op_floor_s:.2f} | {p.fused_bytes / 1e9:.2f} | {p.kernels_bytes / 1e9:.2f} |"
         )
 
     kinds: dict[str, int] = defaultdict(int)

@@ -1,7 +1,7 @@
 """The fused Triton kernels (``upfusion.model.fused_kernels``) against the modules' own arithmetic.
 
 On the CPU the kernels run in Triton's interpreter, which must be switched on before the
-kernels are defined: each check runs in a fresh Python process (this file, run as a script),
+kernels are defined: the checks run in one fresh Python process (this file, run as a script),
 so that no other test sees ``TRITON_INTERPRET``. On a CUDA GPU they run compiled.
 """
 
@@ -18,44 +18,57 @@ import torch
 pytest.importorskip("triton")
 
 
-def stage_errors(
-    stage: str, c: int, heads: int, size: tuple[int, int], precision: str, device: str
-) -> dict[str, float]:
-    """Max and mean difference from the fp32 plain arithmetic of a block's ``stage`` (``mdta``:
-    x + MDTA(LN(x)), or ``gdfn``: x + GDFN(LN(x))) in ``precision``, for the fused kernels, the
-    inference kernels without them ("fast") and the plain arithmetic."""
-    from upfusion.inference import inference_context
-    from upfusion.model import fast_ops, fused_kernels
+def trained_like_block(c: int, heads: int, device: str):
+    """A ``TransformerBlock`` with its LayerNorms away from 1 and 0, as after training."""
     from upfusion.model.blocks import TransformerBlock
 
     torch.manual_seed(c)
     block = TransformerBlock(c, heads, 2.66).eval().to(device)
     with torch.no_grad():
-        for name, p in block.named_parameters():  # LayerNorm away from 1 and 0, as after training
+        for name, p in block.named_parameters():
             if "norm" in name:
                 p.add_(torch.randn_like(p) * 0.2)
             else:
                 p.mul_(1.5)
+    return block
+
+
+def stage_errors(
+    stage: str, c: int, heads: int, size: tuple[int, int], precision: str, device: str, tile: tuple[int, int] | None
+) -> dict[str, float]:
+    """Max and mean difference from the fp32 plain arithmetic of a block's ``stage`` (``mdta``:
+    x + MDTA(LN(x)), or ``gdfn``: x + GDFN(LN(x))) in ``precision``, for the fused kernels (with
+    output tiles of ``tile``, or the default), the inference kernels without them ("fast") and
+    the plain arithmetic."""
+    from upfusion.inference import inference_context
+    from upfusion.model import fast_ops, fused_kernels
+
+    block = trained_like_block(c, heads, device)
     x = torch.randn(2, c, *size, device=device)
+    config = fused_kernels.KernelConfig(tile) if tile else None
 
     def plain() -> torch.Tensor:
         with fast_ops.plain_arithmetic():
             y = x + block.attn(block.norm1(x)) if stage == "mdta" else x + block.ffn(block.norm2(x))
         return y.float()
 
-    def fast(fused: bool) -> torch.Tensor:
-        fused_kernels.set_fused_kernels(fused)
-        try:
-            if stage == "mdta":
-                return fast_ops.mdta_residual(block, fast_ops.channels_last(x)).float()
-            return fast_ops.gdfn_residual(block.norm2, block.ffn, x).float()
-        finally:
-            fused_kernels.set_fused_kernels(False)
+    def fast() -> torch.Tensor:
+        if stage == "mdta":
+            return fast_ops.mdta_residual(block, fast_ops.channels_last(x)).float()
+        return fast_ops.gdfn_residual(block.norm2, block.ffn, x).float()
+
+    def fused() -> torch.Tensor:
+        if stage == "gdfn":
+            return fused_kernels.gdfn_residual(block.norm2, block.ffn, x, config).float()
+        acc = fast_ops._GramAccumulator(x.shape[0], c, heads, x)
+        values = fused_kernels.mdta_statistics(block.norm1, block.attn, x, acc.gram, acc.q_sq, acc.k_sq, config)
+        matrix = fast_ops._output_matrix(block.attn.project_out, acc.logits(block.attn.temperature).softmax(-1))
+        return fast_ops._apply_attention(values, matrix, fast_ops.channels_last(x), x.shape).float()
 
     with inference_context(device, "fp32"):
         reference = plain()
     with inference_context(device, precision):
-        results = {"fused": fast(True), "fast": fast(False), "plain": plain()}
+        results = {"fused": fused(), "fast": fast(), "plain": plain()}
     assert results["fused"].is_contiguous(memory_format=torch.channels_last)
     errors = {}
     for name, y in results.items():
@@ -81,41 +94,89 @@ def network_error(device: str) -> float:
         finally:
             fused_kernels.set_fused_kernels(False)
     assert fast_ops.fast_path_active() is False  # (outside inference mode again)
+    assert not fused_kernels._too_wide  # every block ran the kernels
     return (fused - fast).abs().max().item()
 
 
-def run_interpreted(*args: str) -> dict:
+def weights_changed_error(device: str) -> float:
+    """Max |fused - plain| of a block after its weights changed in place since the kernels' last call
+    (the kernels' weight layouts are cached)."""
+    from upfusion.model import fast_ops, fused_kernels
+
+    block = trained_like_block(48, 1, device)
+    x = torch.randn(1, 48, 12, 20, device=device)
+    fused_kernels.set_fused_kernels(True)
+    try:
+        with torch.inference_mode():
+            fast_ops.transformer_block(block, x)
+        with torch.no_grad():
+            block.norm1.body.weight.mul_(0.5)
+            block.attn.qkv.weight.add_(0.1)
+            block.norm2.body.bias.add_(0.3)
+            block.ffn.project_out.weight.mul_(2.0)
+        with torch.inference_mode():
+            fused = fast_ops.transformer_block(block, x)
+    finally:
+        fused_kernels.set_fused_kernels(False)
+    with torch.no_grad(), fast_ops.plain_arithmetic():
+        plain = block(x)
+    return (fused - plain).abs().max().item()
+
+
+# The four default tile shapes (48 channels: 14x14 tiles; 96: 6x14; 192: 4x6; 384: 2x6), 1 to 8
+# heads, hidden widths 127 to 1021 (padded to slices of 32), sizes that leave partial tiles at
+# the right and bottom edges, two samples.
+CASES = [(48, 1, (20, 33)), (96, 2, (9, 17)), (192, 4, (7, 13)), (384, 8, (5, 9))]
+STAGES = ["mdta", "gdfn"]
+FP32 = [f"{stage} {c} {heads} {h}x{w} fp32" for stage in STAGES for c, heads, (h, w) in CASES]
+OTHER_TILES = [f"{stage} 48 1 20x33 fp32 5x7" for stage in STAGES]
+HALF = [f"{stage} 48 1 20x33 {precision}" for stage in STAGES for precision in ("bf16", "fp16")]
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict[str, dict]:
+    """Every check of this file in Triton's interpreter, in one fresh process (one import of torch)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, timeout=600)
+    checks = [*FP32, *OTHER_TILES, *HALF, "network", "weights"]
+    proc = subprocess.run([sys.executable, __file__, *checks], env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-# Both tile shapes (48 channels: 14x14 tiles; 96: 6x14), hidden widths 127 and 255 (padded to
-# slices of 32), sizes that leave partial tiles at the right and bottom edges, two samples.
-CASES = [(48, 1, (20, 33)), (96, 2, (9, 17))]
+def result(interpreted: dict[str, dict], check: str) -> dict:
+    assert "error" not in interpreted[check], interpreted[check]["error"]
+    return interpreted[check]
 
 
-@pytest.mark.parametrize("stage", ["mdta", "gdfn"])
-@pytest.mark.parametrize("c,heads,size", CASES)
-def test_fused_stage_equals_plain_in_fp32(stage, c, heads, size):
-    errors = run_interpreted(stage, str(c), str(heads), f"{size[0]}x{size[1]}", "fp32")
+@pytest.mark.parametrize("check", FP32)
+def test_fused_stage_equals_plain_in_fp32(interpreted, check):
+    errors = result(interpreted, check)
     assert errors["fused_max"] < 1e-4, errors
 
 
-@pytest.mark.parametrize("stage", ["mdta", "gdfn"])
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_fused_stage_in_half_precision_is_as_close_as_the_plain_path(stage, precision):
+@pytest.mark.parametrize("check", OTHER_TILES)
+def test_fused_stage_with_other_tiles(interpreted, check):
+    """5x7 output tiles: halo tiles (7x9) and output tiles padded to 64 pixels, many tiles."""
+    errors = result(interpreted, check)
+    assert errors["fused_max"] < 1e-4, errors
+
+
+def test_fused_kernels_follow_weights_changed_in_place(interpreted):
+    assert result(interpreted, "weights")["max"] < 1e-4
+
+
+@pytest.mark.parametrize("check", HALF)
+def test_fused_stage_in_half_precision_is_as_close_as_the_inference_kernels(interpreted, check):
     """The kernels round where the inference kernels' operators round (the residual of MDTA in
     the compute dtype too); their error against fp32 is of the same size."""
-    errors = run_interpreted(stage, "48", "1", "20x33", precision)
+    errors = result(interpreted, check)
     assert errors["fused_mean"] < 1.5 * errors["fast_mean"], errors
     assert errors["fused_max"] < 3 * errors["fast_max"], errors
 
 
-def test_fused_network_equals_fast_path():
-    """The bundled weights' preset with the kernels in every block of 48 and 96 channels, and in TCPM's GDFN."""
-    assert run_interpreted("network")["max"] < 1e-4
+def test_fused_network_equals_fast_path(interpreted):
+    """The bundled weights' preset with the kernels in every block and in TCPM's GDFN."""
+    assert result(interpreted, "network")["max"] < 1e-4
 
 
 def test_fused_kernels_are_off_by_default_and_skip_wide_maps():
@@ -126,17 +187,50 @@ def test_fused_kernels_are_off_by_default_and_skip_wide_maps():
     fused_kernels.set_fused_kernels(True)
     try:
         assert not fused_kernels.applies(
-            torch.zeros(1, 192, 8, 8, device="cuda" if torch.cuda.is_available() else "cpu")
+            torch.zeros(1, 1024, 8, 8, device="cuda" if torch.cuda.is_available() else "cpu")
         )
     finally:
         fused_kernels.set_fused_kernels(False)
+
+
+def test_a_kernel_too_big_for_the_gpu_leaves_that_width_to_the_inference_kernels(monkeypatch):
+    from triton.runtime.errors import OutOfResources
+
+    from upfusion.model import fast_ops, fused_kernels
+
+    class TooBig:  # what Triton does when a kernel needs more shared memory than the GPU has
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise OutOfResources(262144, 232448, "shared memory")
+
+            return launch
+
+    monkeypatch.setattr(fused_kernels, "_too_wide", set())
+    monkeypatch.setattr(fused_kernels, "_enabled", True)
+    monkeypatch.setattr(fused_kernels, "interpreting", lambda: True)
+    x = torch.randn(1, 96, 8, 12)
+    assert fused_kernels.applies(x)
+    with pytest.warns(UserWarning, match="96-channel maps stay with the inference kernels"):
+        assert not fused_kernels._launched(TooBig(), fused_kernels._Launch(x, None), x)
+    assert not fused_kernels.applies(x)
+    assert fused_kernels.applies(torch.zeros(1, 48, 8, 8))
+
+    # and a stage whose kernel gave up computes the block with the inference kernels
+    monkeypatch.setattr(fused_kernels, "applies", lambda x: True)
+    monkeypatch.setattr(fused_kernels, "gdfn_residual", lambda *args: None)
+    monkeypatch.setattr(fused_kernels, "mdta_statistics", lambda *args: None)
+    block = trained_like_block(96, 2, "cpu")
+    with torch.inference_mode():
+        out = fast_ops.transformer_block(block, x)
+    with torch.no_grad(), fast_ops.plain_arithmetic():
+        assert (out - block(x)).abs().max() < 1e-4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("stage", ["mdta", "gdfn"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_fused_stage_on_cuda(stage, precision):
-    errors = stage_errors(stage, 96, 2, (37, 61), precision, "cuda")
+    errors = stage_errors(stage, 96, 2, (37, 61), precision, "cuda", None)
     if precision == "fp32":
         assert errors["fused_max"] < 1e-4, errors
     else:
@@ -146,14 +240,30 @@ def test_fused_stage_on_cuda(stage, precision):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fused_network_on_cuda():
     assert network_error("cuda") < 1e-4
+    assert weights_changed_error("cuda") < 1e-4
 
 
-if (
-    __name__ == "__main__"
-):  # one check, in Triton's interpreter: python tests/test_fused_kernels.py mdta|gdfn|network ...
-    if sys.argv[1] in ("mdta", "gdfn"):
-        c, heads, size, precision = sys.argv[2:6]
+def run_check(check: str) -> dict:
+    """``mdta|gdfn C HEADS HxW PRECISION [TILE]``, ``network`` or ``weights``, on the CPU."""
+    what, *rest = check.split()
+    if what in STAGES:
+        c, heads, size, precision = rest[:4]
+        tile = tuple(map(int, rest[4].split("x"))) if len(rest) > 4 else None
         height, width = map(int, size.split("x"))
-        print(json.dumps(stage_errors(sys.argv[1], int(c), int(heads), (height, width), precision, "cpu")))
-    else:
-        print(json.dumps({"max": network_error("cpu")}))
+        return stage_errors(what, int(c), int(heads), (height, width), precision, "cpu", tile)
+    return {"max": network_error("cpu") if what == "network" else weights_changed_error("cpu")}
+
+
+def main() -> None:
+    """The checks named on the command line (run with TRITON_INTERPRET=1), their results as one JSON line."""
+    results = {}
+    for check in sys.argv[1:]:
+        try:
+            results[check] = run_check(check)
+        except Exception as error:  # reported by the test that reads this check
+            results[check] = {"error": f"{type(error).__name__}: {error}"}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -22,8 +22,7 @@ re-associated, and agree with the plain path to float32 rounding (~1e-6):
   1x1 conv for q;
 - under ``torch.compile`` the depth-wise 3x3 convs are nine shifted products, which the
   compiler fuses with their neighbours (``blocks.DepthwiseConv3x3`` does the same).
-- opt-in, on a GPU: ``fused_kernels`` runs MDTA's pass and the GDFN of blocks of up to 128
-  channels as single Triton kernels.
+- opt-in, on a GPU: ``fused_kernels`` runs MDTA's pass and each GDFN as single Triton kernels.
 
 The SCPM and TCPM channel selections are made by the modules themselves, from inputs computed
 by the same code in both paths (spec section 6 explains why that matters).
@@ -246,9 +245,10 @@ def mdta_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x + MDTA(LN(x))`` of a ``TransformerBlock`` (``x`` channels-last)."""
     attn = block.attn
     acc = _GramAccumulator(x.shape[0], x.shape[1], attn.heads, x)
+    values = None
     if fused_kernels.applies(x):  # opt-in: one Triton kernel on a GPU
         values = fused_kernels.mdta_statistics(block.norm1, attn, x, acc.gram, acc.q_sq, acc.k_sq)
-    else:
+    if values is None:
         values = _mdta_statistics(block, x, acc)
     weights = acc.logits(attn.temperature).softmax(dim=-1)
     return _apply_attention(values, _output_matrix(attn.project_out, weights), x, x.shape)
@@ -301,7 +301,9 @@ def gdfn_residual(norm: nn.Module, ffn: nn.Module, x: torch.Tensor) -> torch.Ten
     ``project_out``.
     """
     if fused_kernels.applies(x):  # opt-in: one Triton kernel on a GPU
-        return fused_kernels.gdfn_residual(norm, ffn, x)
+        out = fused_kernels.gdfn_residual(norm, ffn, x)
+        if out is not None:
+            return out
     n, c, height, width = x.shape
     hidden = ffn.project_out.in_channels
     wide = padded_width(hidden)

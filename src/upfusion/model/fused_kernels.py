@@ -22,23 +22,30 @@ the modules' own arithmetic.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import warnings
+import weakref
 
 import torch
 from torch import nn
 
 _enabled = False
+_config: KernelConfig | None = None
+_too_wide: set[int] = set()  # channel widths whose kernels do not fit this GPU (see _launched)
 
-# Channel widths the kernel takes: the LayerNorm tile of [halo pixels, channels] is held whole.
-MAX_CHANNELS = 128
+# The widest map the kernels take (the paper preset's latent level): the LayerNorm tile of
+# [halo pixels, channels] is held whole.
+MAX_CHANNELS = 512
 HIDDEN_SLICE = 32  # hidden channels per step
 
 
-def set_fused_kernels(enabled: bool) -> None:
-    """Turns the fused Triton kernels on or off (off by default) for the whole process."""
-    global _enabled
-    _enabled = bool(enabled)
+def set_fused_kernels(enabled: bool, config: KernelConfig | None = None) -> None:
+    """Turns the fused Triton kernels on or off (off by default) for the whole process; with
+    ``config``, every kernel cuts its map that way (else ``default_config``)."""
+    global _enabled, _config
+    _enabled, _config = bool(enabled), config
 
 
 def available() -> bool:
@@ -56,9 +63,30 @@ def interpreting() -> bool:
 
 def applies(x: torch.Tensor) -> bool:
     """True when the kernels should run for the map ``x`` [N, C, H, W]."""
-    if not _enabled or x.shape[1] > MAX_CHANNELS or torch.compiler.is_compiling():
+    if not _enabled or x.shape[1] > MAX_CHANNELS or x.shape[1] in _too_wide or torch.compiler.is_compiling():
         return False
     return x.is_cuda or (interpreting() and x.device.type == "cpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """How a kernel cuts the map: output tiles of ``tile`` (rows, columns), whose halo tile,
+    (rows + 2) x (columns + 2), is padded to a power of two; ``num_warps`` per program.
+
+    Untuned: no GPU has timed them yet (``benchmarks/bench_fused_stages.py`` sweeps them)."""
+
+    tile: tuple[int, int]
+    num_warps: int = 8
+
+
+def default_config(channels: int) -> KernelConfig:
+    """Smaller tiles for wider maps, so that the LayerNorm tile [halo pixels, channels] stays
+    about 16-32 K values: halo tiles of 256 pixels up to 64 channels (14x14 outputs), 128 up to
+    128 (6x14), 48 up to 256 (4x6), 32 above (2x6)."""
+    for widest, tile in ((64, (14, 14)), (128, (6, 14)), (256, (4, 6))):
+        if channels <= widest:
+            return KernelConfig(tile)
+    return KernelConfig((2, 6))
 
 
 class _Launch:
@@ -68,24 +96,43 @@ class _Launch:
     else in float32 (TF32 off, as ``upfusion fuse`` runs fp32 on a GPU).
     """
 
-    def __init__(self, x: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor, config: KernelConfig | None) -> None:
         from triton.language import bfloat16, float16, float32
 
         n, c, height, width = x.shape
+        config = config or _config or default_config(c)
         device_type = x.device.type
         enabled = torch.is_autocast_enabled(device_type)
         self.compute = torch.get_autocast_dtype(device_type) if enabled else torch.float32
-        # the output tile: the halo tile, (rows + 2) x (columns + 2), is at most 256 pixels
-        self.tile_h, self.tile_w = (14, 14) if c <= 64 else (6, 14)
-        self.halo_p = _next_power_of_2((self.tile_h + 2) * (self.tile_w + 2))
-        self.grid = (-(-width // self.tile_w), -(-height // self.tile_h), n)
+        tile_h, tile_w = config.tile
+        self.halo_p = _next_power_of_2((tile_h + 2) * (tile_w + 2))
+        self.grid = (-(-width // tile_w), -(-height // tile_h), n)
         self.programs = self.grid[0] * self.grid[1] * n
         self.constants = dict(
-            BLOCK_C=_next_power_of_2(c), TILE_H=self.tile_h, TILE_W=self.tile_w, HALO_P=self.halo_p,
-            OUT_P=_next_power_of_2(self.tile_h * self.tile_w),
+            BLOCK_C=_next_power_of_2(c), TILE_H=tile_h, TILE_W=tile_w, HALO_P=self.halo_p,
+            OUT_P=_next_power_of_2(tile_h * tile_w),
             DOT_DTYPE={torch.float32: float32, torch.bfloat16: bfloat16, torch.float16: float16}[self.compute],
             PRECISION="ieee" if self.compute == torch.float32 else "tf32", EMULATED=interpreting(),
+            num_warps=config.num_warps,
         )  # fmt: skip
+
+
+def _launched(kernel, launch: _Launch, x: torch.Tensor, *args, **constants) -> bool:
+    """Runs ``kernel`` on the map ``x``. False, with a warning once per width, when Triton finds
+    that it needs more registers or shared memory than this GPU has (wide maps, large tiles):
+    that width then stays with the inference kernels."""
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        kernel[launch.grid](x, *args, **constants, **launch.constants)
+        return True
+    except OutOfResources as error:
+        _too_wide.add(x.shape[1])
+        warnings.warn(
+            f"fused kernels: {x.shape[1]}-channel maps stay with the inference kernels on this GPU ({error})",
+            stacklevel=3,
+        )
+        return False
 
 
 def _next_power_of_2(n: int) -> int:
@@ -98,49 +145,93 @@ def _rows(w: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([w, w.new_zeros(rows - w.shape[0], w.shape[1])]) if rows > w.shape[0] else w.contiguous()
 
 
-def gdfn_residual(norm: nn.Module, ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x + GDFN(norm(x))`` for a map ``x`` [N, C, H, W], in one kernel; channels-last result."""
+# The kernels' weight layouts, made once per module: each costs a dozen small operations, and
+# on a GPU their launches would add up over the blocks. A parameter changed in place (training)
+# has a new version, and the layouts are made again.
+_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _prepared_weights(owner: nn.Module, modules: tuple[nn.Module, ...], make) -> tuple[torch.Tensor, ...]:
+    """``make()``, cached on ``owner`` while the parameters of ``modules`` stay the same."""
+    key = tuple((p.data_ptr(), p._version, p.device) for m in modules for p in m.parameters())
+    cached = _prepared.get(owner)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = _prepared[owner] = (key, make())
+    return cached[1]
+
+
+def _gdfn_weights(norm: nn.Module, ffn: nn.Module, padded: int) -> tuple[torch.Tensor, ...]:
+    """LayerNorm weight and bias; both halves of ``project_in`` as [C, padded]; both halves of
+    the depth-wise taps as [padded, 9]; ``project_out`` as [padded, C]."""
+    hidden = ffn.project_out.in_channels
+    w_in, dw = ffn.project_in.weight, ffn.dwconv.weight  # [2 hidden, C, 1, 1], [2 hidden, 1, 3, 3]
+    return (
+        norm.body.weight.float(), norm.body.bias.float(),
+        _rows(w_in[:hidden], padded).t().contiguous(), _rows(w_in[hidden:], padded).t().contiguous(),
+        _rows(dw[:hidden], padded), _rows(dw[hidden:], padded),
+        _rows(ffn.project_out.weight.flatten(1).t(), padded),
+    )  # fmt: skip
+
+
+def gdfn_residual(
+    norm: nn.Module, ffn: nn.Module, x: torch.Tensor, config: KernelConfig | None = None
+) -> torch.Tensor | None:
+    """``x + GDFN(norm(x))`` for a map ``x`` [N, C, H, W], in one kernel; channels-last result
+    (None if the kernel does not fit this GPU at this width: see ``_launched``)."""
     from .triton_kernels import gdfn_residual_kernel
 
     n, c, height, width = x.shape
-    launch = _Launch(x)
+    launch = _Launch(x, config)
     x = x.contiguous(memory_format=torch.channels_last)
-    hidden = ffn.project_out.in_channels
-    padded = -(-hidden // HIDDEN_SLICE) * HIDDEN_SLICE
-    w_in, dw = ffn.project_in.weight, ffn.dwconv.weight  # [2 hidden, C, 1, 1], [2 hidden, 1, 3, 3]
-    halves = [_rows(w_in[:hidden], padded).t().contiguous(), _rows(w_in[hidden:], padded).t().contiguous()]
-    wo = _rows(ffn.project_out.weight.flatten(1).t(), padded)  # [padded, C]
+    padded = -(-ffn.project_out.in_channels // HIDDEN_SLICE) * HIDDEN_SLICE
+    weights = _prepared_weights(ffn, (norm, ffn), lambda: _gdfn_weights(norm, ffn, padded))
     scratch = torch.empty(launch.programs * launch.halo_p * HIDDEN_SLICE, dtype=torch.float32, device=x.device)
     out_dtype = torch.promote_types(x.dtype, launch.compute)
     out = torch.empty(n, c, height, width, dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
-    gdfn_residual_kernel[launch.grid](
-        x, out, scratch, norm.body.weight.detach().float(), norm.body.bias.detach().float(),
-        *halves, _rows(dw[:hidden], padded), _rows(dw[hidden:], padded), wo,
-        height, width, c, padded, SLICE=HIDDEN_SLICE, **launch.constants,
+    launched = _launched(
+        gdfn_residual_kernel, launch, x, out, scratch, *weights, height, width, c, padded, SLICE=HIDDEN_SLICE
+    )
+    return out if launched else None
+
+
+def _mdta_weights(norm: nn.Module, attn: nn.Module) -> tuple[torch.Tensor, ...]:
+    """LayerNorm weight and bias; q, k and v's 1x1 weights as [C, C] (input-major) and their
+    depth-wise taps as [C, 9]."""
+    c = attn.project_out.out_channels
+    w, dw = attn.qkv.weight, attn.qkv_dwconv.weight
+    return (
+        norm.body.weight.float(), norm.body.bias.float(),
+        *(_rows(w[i * c : (i + 1) * c], c).t().contiguous() for i in range(3)),
+        *(_rows(dw[i * c : (i + 1) * c], c) for i in range(3)),
     )  # fmt: skip
-    return out
 
 
 def mdta_statistics(
-    norm: nn.Module, attn: nn.Module, x: torch.Tensor, gram: torch.Tensor, q_sq: torch.Tensor, k_sq: torch.Tensor
-) -> torch.Tensor:
+    norm: nn.Module,
+    attn: nn.Module,
+    x: torch.Tensor,
+    gram: torch.Tensor,
+    q_sq: torch.Tensor,
+    k_sq: torch.Tensor,
+    config: KernelConfig | None = None,
+) -> torch.Tensor | None:
     """MDTA's pass over ``x`` [N, C, H, W] in one kernel: adds each head's ``q_h^T k_h`` to ``gram``
     [N, heads, d, d] and the squared norms of q and k to ``q_sq``, ``k_sq`` [N, C] (float32, as
-    ``fast_ops._GramAccumulator``), and returns v as [N, H*W, C] (in the compute dtype)."""
+    ``fast_ops._GramAccumulator``), and returns v as [N, H*W, C] (in the compute dtype); None if
+    the kernel does not fit this GPU at this width (see ``_launched``)."""
     from .triton_kernels import mdta_statistics_kernel
 
     n, c, height, width = x.shape
-    launch = _Launch(x)
+    launch = _Launch(x, config)
     x = x.contiguous(memory_format=torch.channels_last)
     head_width = c // attn.heads
     head_p = _next_power_of_2(head_width)
-    w, dw = attn.qkv.weight, attn.qkv_dwconv.weight
+    weights = _prepared_weights(attn, (norm, attn), lambda: _mdta_weights(norm, attn))
     scratch = torch.empty(launch.programs * launch.halo_p * head_p, dtype=torch.float32, device=x.device)
     values = torch.empty(n, height * width, c, dtype=launch.compute, device=x.device)
-    mdta_statistics_kernel[launch.grid](
-        x, values, gram, q_sq, k_sq, scratch, norm.body.weight.detach().float(), norm.body.bias.detach().float(),
-        *(_rows(w[i * c : (i + 1) * c], c).t().contiguous() for i in range(3)),
-        *(_rows(dw[i * c : (i + 1) * c], c) for i in range(3)),
-        height, width, c, attn.heads, head_width, HEAD_P=head_p, **launch.constants,
+    launched = _launched(
+        mdta_statistics_kernel, launch, x, values, gram, q_sq, k_sq, scratch, *weights,
+        height, width, c, attn.heads, head_width, HEAD_P=head_p,
     )  # fmt: skip
-    return values
+    return values if launched else None

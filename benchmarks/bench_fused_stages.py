@@ -1,0 +1,111 @@
+"""One Restormer block stage at a time: the fused Triton kernels against the inference kernels.
+
+    python benchmarks/bench_fused_stages.py [--batch 8] [--precision bf16] [--runs 20]
+        [--tiles 14x14:8 6x14:8 8x8:4 ...] [--compiled]
+
+For the paper preset's block shapes at 640x480 (48 channels, the level-1 encoders; 96 channels
+at 320x240, level 2; 96 channels at 640x480, the level-1 decoder and refinement; 192 channels at
+160x120, level 3; 384 at 80x60, the latent level),
+times ``x + MDTA(LN(x))`` and ``x + GDFN(LN(x))``: the inference kernels (``fast_ops``, eager;
+``--compiled``: under ``torch.compile`` too, which takes minutes) and the fused kernels
+(``fused_kernels``) with each output tile and warp count of ``--tiles`` (``ROWSxCOLS:WARPS``;
+the default configuration first). Prints milliseconds (median of ``--runs`` after warm-up) and
+the bandwidth that the stage's unavoidable traffic (its input and output maps, and v for MDTA)
+would need at that speed. On a CUDA GPU; ``--device cpu`` with ``TRITON_INTERPRET=1`` only
+checks that the script runs (use ``--size 16x24``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from upfusion.benchmark import machine_description, parse_size
+from upfusion.inference import inference_context
+from upfusion.model import fast_ops, fused_kernels
+from upfusion.model.blocks import TransformerBlock
+
+# (channels, heads, size divisor): the paper preset's block shapes
+SHAPES = [(48, 1, 1), (96, 2, 2), (96, 1, 1), (192, 4, 4), (384, 8, 8)]
+
+
+def median_ms(call, device: torch.device, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def parse_config(text: str) -> fused_kernels.KernelConfig:
+    tile, _, warps = text.partition(":")
+    rows, cols = map(int, tile.split("x"))
+    return fused_kernels.KernelConfig((rows, cols), int(warps or 8))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", default="640x480", help="the full-resolution size, WxH")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--tiles", nargs="*", default=["6x14:4", "14x14:4", "14x30:8", "8x8:4"])
+    parser.add_argument("--compiled", action="store_true", help="also the inference kernels under torch.compile")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    height, width = parse_size(args.size)
+    print(
+        f"<!-- {machine_description()}"
+        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
+        + " -->"
+    )
+    print(f"\nbatch {args.batch}, {args.precision}; GB/s: the stage's input and output maps (and v) per time\n")
+    print("| stage | channels | size | variant | ms | GB/s |\n|---|---:|---|---|---:|---:|")
+
+    for c, heads, divisor in SHAPES:
+        torch.manual_seed(0)
+        block = TransformerBlock(c, heads, 2.66).eval().to(device)
+        h, w = height // divisor, width // divisor
+        x = torch.randn(args.batch, c, h, w, device=device).contiguous(memory_format=torch.channels_last)
+        itemsize = 4 if args.precision == "fp32" else 2
+
+        def mdta(block=block, x=x):
+            return fast_ops.mdta_residual(block, x)
+
+        def gdfn(block=block, x=x):
+            return fast_ops.gdfn_residual(block.norm2, block.ffn, x)
+
+        for stage, call, maps in (("MDTA", mdta, 3), ("GDFN", gdfn, 2)):
+            traffic = maps * x.numel() * itemsize
+            variants = [("inference kernels", call, False, None)]
+            if args.compiled:
+                variants.append(("inference kernels, compiled", torch.compile(call, dynamic=False), False, None))
+            variants.append(("fused, default tiles", call, True, None))
+            variants += [(f"fused, {text}", call, True, parse_config(text)) for text in args.tiles]
+            for name, fn, fused, config in variants:
+                fused_kernels.set_fused_kernels(fused, config)
+                try:
+                    with inference_context(device, args.precision):
+                        ms = median_ms(fn, device, args.runs, args.warmup)
+                    result = f"{ms:.3f} | {traffic / ms / 1e6:,.0f}"
+                except Exception as error:  # a configuration Triton cannot compile (registers, shared memory)
+                    result = f"error: {type(error).__name__}: {str(error).splitlines()[0][:80]} |"
+                finally:
+                    fused_kernels.set_fused_kernels(False)
+                print(f"| {stage} | {c} | {w}x{h} | {name} | {result} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
