@@ -129,7 +129,7 @@ def weights_changed_error(device: str) -> float:
 CASES = [(48, 1, (20, 33)), (96, 2, (9, 17)), (192, 4, (7, 13)), (384, 8, (5, 9))]
 STAGES = ["mdta", "gdfn"]
 FP32 = [f"{stage} {c} {heads} {h}x{w} fp32" for stage in STAGES for c, heads, (h, w) in CASES]
-OTHER_TILES = [f"{stage} 48 1 20x33 fp32 5x7" for stage in STAGES]
+OTHER_TILES = [f"{stage} 48 1 20x33 fp32 5x7{banded}" for stage in STAGES for banded in ("", " banded")]
 HALF = [f"{stage} 48 1 20x33 {precision}" for stage in STAGES for precision in ("bf16", "fp16")]
 
 
@@ -156,7 +156,8 @@ def test_fused_stage_equals_plain_in_fp32(interpreted, check):
 
 @pytest.mark.parametrize("check", OTHER_TILES)
 def test_fused_stage_with_other_tiles(interpreted, check):
-    """5x7 output tiles: halo tiles (7x9) and output tiles padded to 64 pixels, many tiles."""
+    """5x7 output tiles: halo tiles (7x9) and output tiles padded to 64 pixels, many tiles; and
+    ("banded") one launch per row of tiles, as large maps get (their scratch is bounded)."""
     errors = result(interpreted, check)
     assert errors["fused_max"] < 1e-4, errors
 
@@ -244,11 +245,14 @@ def test_fused_network_on_cuda():
 
 
 def run_check(check: str) -> dict:
-    """``mdta|gdfn C HEADS HxW PRECISION [TILE]``, ``network`` or ``weights``, on the CPU."""
+    """``mdta|gdfn C HEADS HxW PRECISION [TILE [banded]]``, ``network`` or ``weights``, on the CPU."""
+    from upfusion.model import fused_kernels
+
     what, *rest = check.split()
     if what in STAGES:
         c, heads, size, precision = rest[:4]
         tile = tuple(map(int, rest[4].split("x"))) if len(rest) > 4 else None
+        fused_kernels.SCRATCH_BYTES = 1 if rest[5:] == ["banded"] else 64 << 20  # banded: a tile row a launch
         height, width = map(int, size.split("x"))
         return stage_errors(what, int(c), int(heads), (height, width), precision, "cpu", tile)
     return {"max": network_error("cpu") if what == "network" else weights_changed_error("cpu")}

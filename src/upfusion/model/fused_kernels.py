@@ -39,6 +39,7 @@ _too_wide: set[int] = set()  # channel widths whose kernels do not fit this GPU 
 # [halo pixels, channels] is held whole.
 MAX_CHANNELS = 512
 HIDDEN_SLICE = 32  # hidden channels per step
+SCRATCH_BYTES = 64 << 20  # the most scratch one launch gets (its tiles' depth-wise inputs)
 
 
 def set_fused_kernels(enabled: bool, config: KernelConfig | None = None) -> None:
@@ -106,8 +107,8 @@ class _Launch:
         self.compute = torch.get_autocast_dtype(device_type) if enabled else torch.float32
         tile_h, tile_w = config.tile
         self.halo_p = _next_power_of_2((tile_h + 2) * (tile_w + 2))
-        self.grid = (-(-width // tile_w), -(-height // tile_h), n)
-        self.programs = self.grid[0] * self.grid[1] * n
+        self.tiles = (-(-width // tile_w), -(-height // tile_h), n)  # columns, rows, samples
+        self.band = self.tiles[1]  # tile rows per launch (see scratch)
         self.constants = dict(
             BLOCK_C=_next_power_of_2(c), TILE_H=tile_h, TILE_W=tile_w, HALO_P=self.halo_p,
             OUT_P=_next_power_of_2(tile_h * tile_w),
@@ -116,15 +117,25 @@ class _Launch:
             num_warps=config.num_warps,
         )  # fmt: skip
 
+    def scratch(self, per_program: int, device: torch.device) -> torch.Tensor:
+        """Float32 scratch of ``per_program`` values for each program of one launch. A launch
+        covers as many tile rows as keep it within SCRATCH_BYTES (one 4K map has ~40,000 tiles)."""
+        columns, rows, n = self.tiles
+        self.band = max(1, min(rows, SCRATCH_BYTES // (4 * per_program * columns * n)))
+        return torch.empty(columns * self.band * n * per_program, dtype=torch.float32, device=device)
+
 
 def _launched(kernel, launch: _Launch, x: torch.Tensor, *args, **constants) -> bool:
-    """Runs ``kernel`` on the map ``x``. False, with a warning once per width, when Triton finds
-    that it needs more registers or shared memory than this GPU has (wide maps, large tiles):
-    that width then stays with the inference kernels."""
+    """Runs ``kernel`` on the map ``x``, a band of tile rows per launch. False, with a warning
+    once per width, when Triton finds that it needs more registers or shared memory than this
+    GPU has (wide maps, large tiles): that width then stays with the inference kernels."""
     from triton.runtime.errors import OutOfResources
 
+    columns, rows, n = launch.tiles
     try:
-        kernel[launch.grid](x, *args, **constants, **launch.constants)
+        for row0 in range(0, rows, launch.band):
+            grid = (columns, min(launch.band, rows - row0), n)
+            kernel[grid](x, *args, row0, **constants, **launch.constants)
         return True
     except OutOfResources as error:
         _too_wide.add(x.shape[1])
@@ -186,7 +197,7 @@ def gdfn_residual(
     x = x.contiguous(memory_format=torch.channels_last)
     padded = -(-ffn.project_out.in_channels // HIDDEN_SLICE) * HIDDEN_SLICE
     weights = _prepared_weights(ffn, (norm, ffn), lambda: _gdfn_weights(norm, ffn, padded))
-    scratch = torch.empty(launch.programs * launch.halo_p * HIDDEN_SLICE, dtype=torch.float32, device=x.device)
+    scratch = launch.scratch(launch.halo_p * HIDDEN_SLICE, x.device)
     out_dtype = torch.promote_types(x.dtype, launch.compute)
     out = torch.empty(n, c, height, width, dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
     launched = _launched(
@@ -228,7 +239,7 @@ def mdta_statistics(
     head_width = c // attn.heads
     head_p = _next_power_of_2(head_width)
     weights = _prepared_weights(attn, (norm, attn), lambda: _mdta_weights(norm, attn))
-    scratch = torch.empty(launch.programs * launch.halo_p * head_p, dtype=torch.float32, device=x.device)
+    scratch = launch.scratch(launch.halo_p * head_p, x.device)
     values = torch.empty(n, height * width, c, dtype=launch.compute, device=x.device)
     launched = _launched(
         mdta_statistics_kernel, launch, x, values, gram, q_sq, k_sq, scratch, *weights,

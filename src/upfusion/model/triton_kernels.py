@@ -130,15 +130,16 @@ def output_pixels(n, tile_h, tile_w, height, width, TILE_H: tl.constexpr, TILE_W
 @triton.jit
 def gdfn_residual_kernel(
     x_ptr, out_ptr, scratch_ptr, ln_w_ptr, ln_b_ptr, w1_ptr, w2_ptr, dw1_ptr, dw2_ptr, wo_ptr,
-    height, width, channels, hidden_padded,
+    height, width, channels, hidden_padded, tile_row0,
     BLOCK_C: tl.constexpr, SLICE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     EMULATED: tl.constexpr,
 ):  # fmt: skip
     """``x + GDFN(LayerNorm(x))`` of one output tile (channels-last maps; weights prepared by
     ``fused_kernels.gdfn_residual``)."""
-    tile_w, tile_h, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    program = (n * tl.num_programs(1) + tile_h) * tl.num_programs(0) + tile_w
+    tile_w, band_row, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tile_h = tile_row0 + band_row  # a launch covers a band of tile rows (see fused_kernels._launched)
+    program = (n * tl.num_programs(1) + band_row) * tl.num_programs(0) + tile_w
     scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * SLICE)
     normed, inside = halo_layer_norm(
         x_ptr, ln_w_ptr, ln_b_ptr, n, tile_h, tile_w, height, width, channels,
@@ -175,7 +176,7 @@ def gdfn_residual_kernel(
 def mdta_statistics_kernel(
     x_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch_ptr, ln_w_ptr, ln_b_ptr,
     wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
-    height, width, channels, heads, head_width,
+    height, width, channels, heads, head_width, tile_row0,
     BLOCK_C: tl.constexpr, HEAD_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     EMULATED: tl.constexpr,
@@ -184,8 +185,9 @@ def mdta_statistics_kernel(
     adds the tile's share of each head's Gram matrix q_h^T k_h and of the squared norms of q and
     k to ``gram`` [N, heads, d, d] and ``q_sq``, ``k_sq`` [N, C] (float32), and writes v to
     ``values`` [N, H*W, C]. (``q``/``k``/``v`` weights: [C, C], input-major.)"""
-    tile_w, tile_h, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    program = (n * tl.num_programs(1) + tile_h) * tl.num_programs(0) + tile_w
+    tile_w, band_row, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tile_h = tile_row0 + band_row  # a launch covers a band of tile rows (see fused_kernels._launched)
+    program = (n * tl.num_programs(1) + band_row) * tl.num_programs(0) + tile_w
     scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * HEAD_P)
     normed, inside = halo_layer_norm(
         x_ptr, ln_w_ptr, ln_b_ptr, n, tile_h, tile_w, height, width, channels,
