@@ -91,10 +91,11 @@ def network_error(device: str) -> float:
         fused_kernels.set_fused_kernels(True)
         try:
             fused = model(a, b, text)
+            left_out = fused_kernels.left_out()
         finally:
             fused_kernels.set_fused_kernels(False)
     assert fast_ops.fast_path_active() is False  # (outside inference mode again)
-    assert not fused_kernels._too_wide  # every block ran the kernels
+    assert not left_out  # every block ran the kernels
     return (fused - fast).abs().max().item()
 
 
@@ -214,6 +215,7 @@ def test_a_kernel_too_big_for_the_gpu_leaves_that_width_to_the_inference_kernels
     with pytest.warns(UserWarning, match="96-channel maps stay with the inference kernels"):
         assert not fused_kernels._launched(TooBig(), fused_kernels._Launch(x, None), x)
     assert not fused_kernels.applies(x)
+    assert fused_kernels.left_out() == {96}
     assert fused_kernels.applies(torch.zeros(1, 48, 8, 8))
 
     # and a stage whose kernel gave up computes the block with the inference kernels

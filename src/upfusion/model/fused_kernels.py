@@ -44,9 +44,17 @@ SCRATCH_BYTES = 64 << 20  # the most scratch one launch gets (its tiles' depth-w
 
 def set_fused_kernels(enabled: bool, config: KernelConfig | None = None) -> None:
     """Turns the fused Triton kernels on or off (off by default) for the whole process; with
-    ``config``, every kernel cuts its map that way (else ``default_config``)."""
+    ``config``, every kernel cuts its map that way (else ``default_config``). Forgets which
+    widths did not fit the GPU (``left_out``)."""
     global _enabled, _config
     _enabled, _config = bool(enabled), config
+    _too_wide.clear()
+
+
+def left_out() -> frozenset[int]:
+    """The channel widths whose kernels did not fit this GPU since ``set_fused_kernels``: they run
+    the inference kernels."""
+    return frozenset(_too_wide)
 
 
 def available() -> bool:
