@@ -110,8 +110,8 @@ if section compile-fast; then
 fi
 
 if section fused; then
-    # the Triton kernels of upfusion.model.fused_kernels (each MDTA pass and GDFN of the blocks of
-    # at most 128 channels in one kernel): their CUDA tests, then eager fast vs fused, same call
+    # the Triton kernels of upfusion.model.fused_kernels (each block's MDTA pass and its GDFN as
+    # one kernel each): their CUDA tests, stage by stage, then whole networks fast vs fused
     log "fused Triton kernels: CUDA tests"
     run timeout 240 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
     log "stage by stage: fused kernels (tiles, warps) vs inference kernels, bf16, batch 8"
