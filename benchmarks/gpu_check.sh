@@ -3,8 +3,9 @@
 #
 #   OUT=gpu_out benchmarks/gpu_check.sh
 #
-# Needs: the package importable (installed, or PYTHONPATH=src plus its dependencies), a CUDA
-# GPU, and for the precision table and the CUDA tests a few MSRS test pairs under
+# Needs: the package importable (installed, or PYTHONPATH=src plus its dependencies: on the
+# lent machines, `make devcarry` here, then carry .devcarry and run with
+# PYTHONPATH=$PWD/src:$PWD/.devcarry/site), a CUDA GPU, and for the precision table and the CUDA tests a few MSRS test pairs under
 # $UPFUSION_SHARED/data/msrs/test; for training, the data its config names.
 # Writes log.txt, the bench JSON files and the training log and weights to $OUT.
 #
