@@ -58,12 +58,14 @@ def stage_errors(
         return fast_ops.gdfn_residual(block.norm2, block.ffn, x).float()
 
     def fused() -> torch.Tensor:
-        if stage == "gdfn":
-            return fused_kernels.gdfn_residual(block.norm2, block.ffn, x, config).float()
-        acc = fast_ops._GramAccumulator(x.shape[0], c, heads, x)
-        values = fused_kernels.mdta_statistics(block.norm1, block.attn, x, acc.gram, acc.q_sq, acc.k_sq, config)
-        matrix = fast_ops._output_matrix(block.attn.project_out, acc.logits(block.attn.temperature).softmax(-1))
-        return fast_ops._apply_attention(values, matrix, fast_ops.channels_last(x), x.shape).float()
+        fused_kernels.set_fused_kernels(True, config)
+        try:
+            assert fused_kernels.applies(x)  # else this would compare the inference kernels with themselves
+            y = fast()
+            assert not fused_kernels.left_out()
+            return y
+        finally:
+            fused_kernels.set_fused_kernels(False)
 
     with inference_context(device, "fp32"):
         reference = plain()
