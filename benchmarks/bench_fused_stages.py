@@ -6,12 +6,13 @@
 For the paper preset's block shapes at 640x480 (48 channels, the level-1 encoders; 96 channels
 at 320x240, level 2; 96 channels at 640x480, the level-1 decoder and refinement; 192 channels at
 160x120, level 3; 384 at 80x60, the latent level),
-times ``x + MDTA(LN(x))`` and ``x + GDFN(LN(x))``: the inference kernels (``fast_ops``, eager;
+times ``x + MDTA(LN(x))``, ``x + GDFN(LN(x))`` and the whole block (where the fused GDFN
+kernel also applies the attention): the inference kernels (``fast_ops``, eager;
 ``--compiled``: under ``torch.compile`` too, which takes minutes) and the fused kernels
 (``fused_kernels``) with their default tiles and 8 warps, then with each output tile and warp
 count of ``--tiles`` (``ROWSxCOLS:WARPS``; ``default:4``: the default tile with 4 warps). Prints milliseconds (median of ``--runs`` after warm-up) and
-the bandwidth that the stage's unavoidable traffic (its input and output maps, and v for MDTA)
-would need at that speed. On a CUDA GPU; ``--device cpu`` with ``TRITON_INTERPRET=1`` only
+the bandwidth that the stage's unavoidable traffic (its input and output maps, and v for MDTA
+and the block) would need at that speed. On a CUDA GPU; ``--device cpu`` with ``TRITON_INTERPRET=1`` only
 checks that the script runs (use ``--size 16x24``).
 """
 
@@ -88,7 +89,10 @@ def main() -> None:
         def gdfn(block=block, x=x):
             return fast_ops.gdfn_residual(block.norm2, block.ffn, x)
 
-        for stage, call, maps in (("MDTA", mdta, 3), ("GDFN", gdfn, 2)):
+        def whole(block=block, x=x):
+            return fast_ops.transformer_block(block, x)
+
+        for stage, call, maps in (("MDTA", mdta, 3), ("GDFN", gdfn, 2), ("block", whole, 3)):
             traffic = maps * x.numel() * itemsize
             variants = [("inference kernels", call, False, None)]
             if args.compiled:

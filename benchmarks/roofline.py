@@ -81,15 +81,15 @@ class Traffic:
 
 def fused_kernel_bytes(x: torch.Tensor) -> int | None:
     """The traffic of a ``TransformerBlock`` on ``x`` with ``fused_kernels`` (None where they do
-    not apply: wider maps): MDTA's kernel reads x and its halo and writes v, the attention's
-    product reads v and x and writes x', the GDFN kernel reads x' and its halo and writes the
-    output. The halo is the share of extra pixels that the default tiles read."""
+    not apply: wider maps): MDTA's kernel reads x and its halo and writes v; the GDFN's kernel
+    reads x and v with their halos, applies the attention and writes the output. The halo is
+    the share of extra pixels that the default tiles read."""
     c = x.shape[1]
     if c > fused_kernels.MAX_CHANNELS:
         return None
     rows, cols = fused_kernels.default_config(c).tile
     halo = (rows + 2) * (cols + 2) / (rows * cols)
-    return round((2 * halo + 5) * x.numel() * x.element_size())
+    return round((3 * halo + 2) * x.numel() * x.element_size())
 
 
 def tensor_bytes(tree) -> int:

@@ -37,7 +37,8 @@ def stage_errors(
     stage: str, c: int, heads: int, size: tuple[int, int], precision: str, device: str, tile: tuple[int, int] | None
 ) -> dict[str, float]:
     """Max and mean difference from the fp32 plain arithmetic of a block's ``stage`` (``mdta``:
-    x + MDTA(LN(x)), or ``gdfn``: x + GDFN(LN(x))) in ``precision``, for the fused kernels (with
+    x + MDTA(LN(x)); ``gdfn``: x + GDFN(LN(x)); ``block``: the whole block, where the GDFN's
+    kernel also applies the attention) in ``precision``, for the fused kernels (with
     output tiles of ``tile``, or the default), the inference kernels without them ("fast") and
     the plain arithmetic."""
     from upfusion.inference import inference_context
@@ -49,10 +50,14 @@ def stage_errors(
 
     def plain() -> torch.Tensor:
         with fast_ops.plain_arithmetic():
+            if stage == "block":
+                return block(x).float()
             y = x + block.attn(block.norm1(x)) if stage == "mdta" else x + block.ffn(block.norm2(x))
         return y.float()
 
     def fast() -> torch.Tensor:
+        if stage == "block":
+            return fast_ops.transformer_block(block, x).float()
         if stage == "mdta":
             return fast_ops.mdta_residual(block, fast_ops.channels_last(x)).float()
         return fast_ops.gdfn_residual(block.norm2, block.ffn, x).float()
@@ -130,8 +135,9 @@ def weights_changed_error(device: str) -> float:
 # heads, hidden widths 127 to 1021 (padded to slices of 32), sizes that leave partial tiles at
 # the right and bottom edges, two samples.
 CASES = [(48, 1, (20, 33)), (96, 2, (9, 17)), (192, 4, (7, 13)), (384, 8, (5, 9))]
-STAGES = ["mdta", "gdfn"]
-FP32 = [f"{stage} {c} {heads} {h}x{w} fp32" for stage in STAGES for c, heads, (h, w) in CASES]
+STAGES = ["mdta", "gdfn", "block"]
+FP32 = [f"{stage} {c} {heads} {h}x{w} fp32" for stage in STAGES[:2] for c, heads, (h, w) in CASES]
+FP32 += [f"block {c} {heads} {h}x{w} fp32" for c, heads, (h, w) in (CASES[0], CASES[-1])]
 OTHER_TILES = [f"{stage} 48 1 20x33 fp32 5x7{banded}" for stage in STAGES for banded in ("", " banded")]
 HALF = [f"{stage} 48 1 20x33 {precision}" for stage in STAGES for precision in ("bf16", "fp16")]
 
@@ -222,8 +228,8 @@ def test_a_kernel_too_big_for_the_gpu_leaves_that_width_to_the_inference_kernels
 
     # and a stage whose kernel gave up computes the block with the inference kernels
     monkeypatch.setattr(fused_kernels, "applies", lambda x: True)
-    monkeypatch.setattr(fused_kernels, "gdfn_residual", lambda *args: None)
-    monkeypatch.setattr(fused_kernels, "mdta_statistics", lambda *args: None)
+    monkeypatch.setattr(fused_kernels, "gdfn_residual", lambda *args, **kwargs: None)
+    monkeypatch.setattr(fused_kernels, "mdta_statistics", lambda *args, **kwargs: None)
     block = trained_like_block(96, 2, "cpu")
     with torch.inference_mode():
         out = fast_ops.transformer_block(block, x)
@@ -232,7 +238,7 @@ def test_a_kernel_too_big_for_the_gpu_leaves_that_width_to_the_inference_kernels
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("stage", ["mdta", "gdfn"])
+@pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_fused_stage_on_cuda(stage, precision):
     errors = stage_errors(stage, 96, 2, (37, 61), precision, "cuda", None)

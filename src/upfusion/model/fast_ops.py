@@ -22,7 +22,8 @@ re-associated, and agree with the plain path to float32 rounding (~1e-6):
   1x1 conv for q;
 - under ``torch.compile`` the depth-wise 3x3 convs are nine shifted products, which the
   compiler fuses with their neighbours (``blocks.DepthwiseConv3x3`` does the same).
-- opt-in, on a GPU: ``fused_kernels`` runs MDTA's pass and each GDFN as single Triton kernels.
+- opt-in, on a GPU: ``fused_kernels`` runs MDTA's pass, and the product that applies its
+  attention together with the GDFN, as single Triton kernels.
 
 The SCPM and TCPM channel selections are made by the modules themselves, from inputs computed
 by the same code in both paths (spec section 6 explains why that matters).
@@ -243,6 +244,11 @@ def _apply_attention(
 
 def mdta_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x + MDTA(LN(x))`` of a ``TransformerBlock`` (``x`` channels-last)."""
+    return _apply_attention(*_mdta_attention(block, x), x, x.shape)
+
+
+def _mdta_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MDTA's v as [N, H*W, c] and ``project_out.weight @ blockdiag(attn)`` as [N, c, c]."""
     attn = block.attn
     acc = _GramAccumulator(x.shape[0], x.shape[1], attn.heads, x)
     values = None
@@ -251,7 +257,7 @@ def mdta_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if values is None:
         values = _mdta_statistics(block, x, acc)
     weights = acc.logits(attn.temperature).softmax(dim=-1)
-    return _apply_attention(values, _output_matrix(attn.project_out, weights), x, x.shape)
+    return values, _output_matrix(attn.project_out, weights)
 
 
 def _mdta_statistics(block: nn.Module, x: torch.Tensor, acc: _GramAccumulator) -> torch.Tensor:
@@ -327,7 +333,12 @@ def gdfn_residual(norm: nn.Module, ffn: nn.Module, x: torch.Tensor) -> torch.Ten
 def transformer_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``TransformerBlock`` without autograd: x + MDTA(LN(x)), then + GDFN(LN(.))."""
     x = channels_last(x)
-    x = mdta_residual(block, x)
+    values, matrix = _mdta_attention(block, x)
+    if fused_kernels.applies(x):  # opt-in: the attention's product inside the GDFN's Triton kernel
+        out = fused_kernels.gdfn_residual(block.norm2, block.ffn, x, attention=(values, matrix))
+        if out is not None:
+            return out
+    x = _apply_attention(values, matrix, x, x.shape)
     return gdfn_residual(block.norm2, block.ffn, x)
 
 

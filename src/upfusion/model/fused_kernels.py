@@ -9,12 +9,14 @@ before any kernel is slow; with each block's stages fused it moves about 11 GB.
   tile, ``project_in`` (both halves), the depth-wise 3x3 convolution (through a small scratch
   tile that stays in the GPU's cache: Triton cannot shift a tile held in registers),
   ``gelu(x1) * x2`` and its share of ``project_out``, summed in registers. The hidden channels
-  are independent until ``project_out``, which is why the slices can be done one by one.
+  are independent until ``project_out``, which is why the slices can be done one by one. In a
+  block it first applies MDTA's attention, ``x + v @ M^T``, on the halo tile too.
 - ``mdta_statistics``: MDTA's pass over the map, the same way head by head: q, k and v, each
   tile's share of the Gram matrices and of the norms of q and k (added atomically), and v.
-  The softmax and the one product that applies the attention stay in ``fast_ops``.
+  The softmax and ``M`` (``project_out``'s weight times the block-diagonal attention) are a
+  few small operations in ``fast_ops``.
 
-Only the blocks' inputs and outputs (and v) touch main memory. Opt-in
+Only the blocks' inputs and outputs, and v, touch main memory. Opt-in
 (``set_fused_kernels(True)``, ``upfusion bench --arithmetic fused``) until timed on a GPU. The
 tests run the kernels with Triton's interpreter (``TRITON_INTERPRET=1``) on the CPU, against
 the modules' own arithmetic.
@@ -106,8 +108,6 @@ class _Launch:
     """
 
     def __init__(self, x: torch.Tensor, config: KernelConfig | None) -> None:
-        from triton.language import bfloat16, float16, float32
-
         n, c, height, width = x.shape
         config = config or _config or default_config(c)
         device_type = x.device.type
@@ -120,7 +120,7 @@ class _Launch:
         self.constants = dict(
             BLOCK_C=_next_power_of_2(c), TILE_H=tile_h, TILE_W=tile_w, HALO_P=self.halo_p,
             OUT_P=_next_power_of_2(tile_h * tile_w),
-            DOT_DTYPE={torch.float32: float32, torch.bfloat16: bfloat16, torch.float16: float16}[self.compute],
+            DOT_DTYPE=_triton_dtype(self.compute),
             PRECISION="ieee" if self.compute == torch.float32 else "tf32", EMULATED=interpreting(),
             num_warps=config.num_warps,
         )  # fmt: skip
@@ -131,6 +131,12 @@ class _Launch:
         columns, rows, n = self.tiles
         self.band = max(1, min(rows, SCRATCH_BYTES // (4 * per_program * columns * n)))
         return torch.empty(columns * self.band * n * per_program, dtype=torch.float32, device=device)
+
+
+def _triton_dtype(dtype: torch.dtype):
+    import triton.language as tl  # (Triton is optional: imported when a kernel runs)
+
+    return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
 
 
 def _launched(kernel, launch: _Launch, x: torch.Tensor, *args, **constants) -> bool:
@@ -194,10 +200,19 @@ def _gdfn_weights(norm: nn.Module, ffn: nn.Module, padded: int) -> tuple[torch.T
 
 
 def gdfn_residual(
-    norm: nn.Module, ffn: nn.Module, x: torch.Tensor, config: KernelConfig | None = None
+    norm: nn.Module,
+    ffn: nn.Module,
+    x: torch.Tensor,
+    config: KernelConfig | None = None,
+    attention: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """``x + GDFN(norm(x))`` for a map ``x`` [N, C, H, W], in one kernel; channels-last result
-    (None if the kernel does not fit this GPU at this width: see ``_launched``)."""
+    (None if the kernel does not fit this GPU at this width: see ``_launched``).
+
+    With ``attention = (values, matrix)`` (v as [N, H*W, C] and ``project_out.weight @
+    blockdiag(attn)`` as [N, C, C], from ``mdta_statistics``), the kernel first applies MDTA's
+    attention: the block's whole second half, ``y + GDFN(norm(y))`` with ``y = x + v @ M^T``.
+    """
     from .triton_kernels import gdfn_residual_kernel
 
     n, c, height, width = x.shape
@@ -206,11 +221,18 @@ def gdfn_residual(
     padded = -(-ffn.project_out.in_channels // HIDDEN_SLICE) * HIDDEN_SLICE
     weights = _prepared_weights(ffn, (norm, ffn), lambda: _gdfn_weights(norm, ffn, padded))
     scratch = launch.scratch(launch.halo_p * HIDDEN_SLICE, x.device)
-    out_dtype = torch.promote_types(x.dtype, launch.compute)
+    if attention is None:
+        values = matrix_t = x  # (not read)
+        out_dtype = torch.promote_types(x.dtype, launch.compute)
+    else:  # as fast_ops._apply_attention: M^T in the values' dtype, the result too
+        values, matrix = attention
+        matrix_t = matrix.transpose(1, 2).to(values.dtype).contiguous()
+        out_dtype = torch.promote_types(values.dtype, launch.compute)
     out = torch.empty(n, c, height, width, dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
     launched = _launched(
-        gdfn_residual_kernel, launch, x, out, scratch, *weights, height, width, c, padded, SLICE=HIDDEN_SLICE
-    )
+        gdfn_residual_kernel, launch, x, values, matrix_t, out, scratch, *weights, height, width, c, padded,
+        SLICE=HIDDEN_SLICE, WITH_ATTENTION=attention is not None, OUT_DTYPE=_triton_dtype(out_dtype),
+    )  # fmt: skip
     return out if launched else None
 
 

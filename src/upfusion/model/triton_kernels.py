@@ -36,30 +36,62 @@ def dot(a, b, PRECISION: tl.constexpr, EMULATED: tl.constexpr):
 
 
 @triton.jit
-def halo_layer_norm(
-    x_ptr, ln_w_ptr, ln_b_ptr, n, tile_h, tile_w, height, width, channels,
-    BLOCK_C: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_P: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, EMULATED: tl.constexpr,
+def halo_pixels(
+    n, tile_h, tile_w, height, width, TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_P: tl.constexpr
 ):  # fmt: skip
-    """LayerNorm over the channels (population variance, eps 1e-5) of the halo tile, the output
-    tile's (TILE_H + 2) x (TILE_W + 2) pixels flattened row-major, as a product operand; and
-    which of those pixels lie in the image."""
+    """The halo tile, the output tile's (TILE_H + 2) x (TILE_W + 2) pixels flattened row-major:
+    their pixel indices (flattened over the batch) and which lie in the image."""
     halo_w: tl.constexpr = TILE_W + 2
-    ch = tl.arange(0, BLOCK_C)
-    ch_ok = ch < channels
     hp = tl.arange(0, HALO_P)
     row = tile_h * TILE_H - 1 + hp // halo_w
     col = tile_w * TILE_W - 1 + hp % halo_w
     inside = (hp < (TILE_H + 2) * halo_w) & (row >= 0) & (row < height) & (col >= 0) & (col < width)
-    pixel = (n * height + row).to(tl.int64) * width + col
-    x = tl.load(x_ptr + pixel[:, None] * channels + ch[None, :], mask=inside[:, None] & ch_ok[None, :], other=0.0)
-    x = x.to(tl.float32)
+    return (n * height + row).to(tl.int64) * width + col, inside
+
+
+@triton.jit
+def load_rows(ptr, pixel, inside, channels, BLOCK_C: tl.constexpr):
+    """The channels of the pixels ``pixel`` of a channels-last map, float32 [pixels, BLOCK_C]
+    (0 outside the image and beyond ``channels``)."""
+    ch = tl.arange(0, BLOCK_C)
+    mask = inside[:, None] & (ch < channels)[None, :]
+    return tl.load(ptr + pixel[:, None] * channels + ch[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def with_attention(
+    x, v_ptr, mt_ptr, pixel, inside, n, channels,
+    BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATED: tl.constexpr,
+):  # fmt: skip
+    """``x + v @ M^T`` at the pixels ``pixel``: the product that applies MDTA's attention and adds
+    the residual (``fast_ops._apply_attention``; ``mt``: [N, C, C], the sample's M^T), rounded as
+    that product's output."""
+    v = load_rows(v_ptr, pixel, inside, channels, BLOCK_C)
+    ch = tl.arange(0, BLOCK_C)
+    ok = ch < channels
+    mt = tl.load(
+        mt_ptr + n.to(tl.int64) * channels * channels + ch[:, None] * channels + ch[None, :],
+        mask=ok[:, None] & ok[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    applied = dot(operand(v, DOT_DTYPE, EMULATED), operand(mt, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
+    return rounded(rounded(x, DOT_DTYPE, EMULATED) + applied, DOT_DTYPE, EMULATED)
+
+
+@triton.jit
+def layer_norm_rows(
+    x, ln_w_ptr, ln_b_ptr, channels, BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr, EMULATED: tl.constexpr
+):  # fmt: skip
+    """LayerNorm over the channels (population variance, eps 1e-5) of float32 rows [pixels,
+    BLOCK_C], as a product operand."""
+    ch = tl.arange(0, BLOCK_C)
+    ch_ok = ch < channels
     mean = tl.sum(x, axis=1) / channels
     diff = tl.where(ch_ok[None, :], x - mean[:, None], 0.0)
     inv_std = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / channels + 1e-5)
     ln_w = tl.load(ln_w_ptr + ch, mask=ch_ok, other=0.0)
     ln_b = tl.load(ln_b_ptr + ch, mask=ch_ok, other=0.0)
-    return operand(diff * inv_std[:, None] * ln_w[None, :] + ln_b[None, :], DOT_DTYPE, EMULATED), inside
+    return operand(diff * inv_std[:, None] * ln_w[None, :] + ln_b[None, :], DOT_DTYPE, EMULATED)
 
 
 @triton.jit
@@ -129,22 +161,24 @@ def output_pixels(n, tile_h, tile_w, height, width, TILE_H: tl.constexpr, TILE_W
 
 @triton.jit
 def gdfn_residual_kernel(
-    x_ptr, out_ptr, scratch_ptr, ln_w_ptr, ln_b_ptr, w1_ptr, w2_ptr, dw1_ptr, dw2_ptr, wo_ptr,
+    x_ptr, v_ptr, mt_ptr, out_ptr, scratch_ptr, ln_w_ptr, ln_b_ptr, w1_ptr, w2_ptr, dw1_ptr, dw2_ptr, wo_ptr,
     height, width, channels, hidden_padded, tile_row0,
     BLOCK_C: tl.constexpr, SLICE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    EMULATED: tl.constexpr,
+    EMULATED: tl.constexpr, WITH_ATTENTION: tl.constexpr, OUT_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """``x + GDFN(LayerNorm(x))`` of one output tile (channels-last maps; weights prepared by
-    ``fused_kernels.gdfn_residual``)."""
+    ``fused_kernels.gdfn_residual``). ``WITH_ATTENTION``: of ``x + v @ M^T`` instead, the block's
+    attention applied first (``v``, ``mt``: see ``with_attention``)."""
     tile_w, band_row, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     tile_h = tile_row0 + band_row  # a launch covers a band of tile rows (see fused_kernels._launched)
     program = (n * tl.num_programs(1) + band_row) * tl.num_programs(0) + tile_w
     scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * SLICE)
-    normed, inside = halo_layer_norm(
-        x_ptr, ln_w_ptr, ln_b_ptr, n, tile_h, tile_w, height, width, channels,
-        BLOCK_C, TILE_H, TILE_W, HALO_P, DOT_DTYPE, EMULATED,
-    )  # fmt: skip
+    pixel, inside = halo_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, HALO_P)
+    x = load_rows(x_ptr, pixel, inside, channels, BLOCK_C)
+    if WITH_ATTENTION:
+        x = with_attention(x, v_ptr, mt_ptr, pixel, inside, n, channels, BLOCK_C, DOT_DTYPE, PRECISION, EMULATED)
+    normed = layer_norm_rows(x, ln_w_ptr, ln_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
     all_ok = tl.full((SLICE,), 1, tl.int1)  # the hidden width is zero-padded to whole slices
 
     acc = tl.zeros((OUT_P, BLOCK_C), dtype=tl.float32)
@@ -167,9 +201,11 @@ def gdfn_residual_kernel(
     pixel, inside_out = output_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, OUT_P)
     ch = tl.arange(0, BLOCK_C)
     mask = inside_out[:, None] & (ch < channels)[None, :]
-    x = tl.load(x_ptr + pixel[:, None] * channels + ch[None, :], mask=mask, other=0.0).to(tl.float32)
-    result = x + rounded(acc, DOT_DTYPE, EMULATED)
-    tl.store(out_ptr + pixel[:, None] * channels + ch[None, :], result.to(out_ptr.dtype.element_ty), mask=mask)
+    x = load_rows(x_ptr, pixel, inside_out, channels, BLOCK_C)
+    if WITH_ATTENTION:  # the residual is the attention's output (recomputed: it is not in registers here)
+        x = with_attention(x, v_ptr, mt_ptr, pixel, inside_out, n, channels, BLOCK_C, DOT_DTYPE, PRECISION, EMULATED)
+    result = rounded(x + acc, OUT_DTYPE, EMULATED)  # rounded once (as the inference kernels' addmm)
+    tl.store(out_ptr + pixel[:, None] * channels + ch[None, :], result.to(OUT_DTYPE), mask=mask)
 
 
 @triton.jit
@@ -189,10 +225,9 @@ def mdta_statistics_kernel(
     tile_h = tile_row0 + band_row  # a launch covers a band of tile rows (see fused_kernels._launched)
     program = (n * tl.num_programs(1) + band_row) * tl.num_programs(0) + tile_w
     scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * HEAD_P)
-    normed, inside = halo_layer_norm(
-        x_ptr, ln_w_ptr, ln_b_ptr, n, tile_h, tile_w, height, width, channels,
-        BLOCK_C, TILE_H, TILE_W, HALO_P, DOT_DTYPE, EMULATED,
-    )  # fmt: skip
+    pixel_h, inside = halo_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, HALO_P)
+    x = load_rows(x_ptr, pixel_h, inside, channels, BLOCK_C)
+    normed = layer_norm_rows(x, ln_w_ptr, ln_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
     pixel, inside_out = output_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, OUT_P)
     j = tl.arange(0, HEAD_P)
     j_ok = j < head_width
