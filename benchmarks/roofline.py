@@ -21,8 +21,8 @@ H100 SXM's specified 3.35 TB/s), four floors per pair:
   output once, the rest of the network operator by operator;
 - upfusion's fused kernels (``upfusion.model.fused_kernels``): the blocks they take with the
   traffic those kernels have by design (``fused_kernel_bytes``; the kernels themselves are not
-  run here), the other blocks and the rest operator by operator (TCPM's feed-forward too, which
-  the GDFN kernel also takes: the model errs high there).
+  run here), the other blocks and the rest operator by operator (TCPM's attention pass and
+  feed-forward too, which the kernels also take: the model errs high there).
 
 These are floors, not predictions: real kernels reach a fraction of either rate, and each
 launch costs microseconds (the operator count is listed for that reason). The counts come from

@@ -22,8 +22,8 @@ re-associated, and agree with the plain path to float32 rounding (~1e-6):
   1x1 conv for q;
 - under ``torch.compile`` the depth-wise 3x3 convs are nine shifted products, which the
   compiler fuses with their neighbours (``blocks.DepthwiseConv3x3`` does the same).
-- opt-in, on a GPU: ``fused_kernels`` runs MDTA's pass, and the product that applies its
-  attention together with the GDFN, as single Triton kernels.
+- opt-in, on a GPU: ``fused_kernels`` runs MDTA's and TCPM's attention passes, and the product
+  that applies MDTA's attention together with the GDFN, as single Triton kernels.
 
 The SCPM and TCPM channel selections are made by the modules themselves, from inputs computed
 by the same code in both paths (spec section 6 explains why that matters).
@@ -276,8 +276,26 @@ def _mdta_statistics(block: nn.Module, x: torch.Tensor, acc: _GramAccumulator) -
 def topk_cross_attention(tcpm: nn.Module, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
     """``select_attn(norm1(query), norm2(key_value))`` of a ``TCPM`` (no residual, as in the spec)."""
     attn = tcpm.select_attn
+    acc = _GramAccumulator(query.shape[0], query.shape[1], attn.heads, query)
+    values = None
+    if fused_kernels.applies(query):  # opt-in: one Triton kernel on a GPU
+        values = fused_kernels.cross_attention_statistics(tcpm, query, key_value, acc.gram, acc.q_sq, acc.k_sq)
+    if values is None:
+        values = _cross_attention_statistics(tcpm, query, key_value, acc)
+    logits = acc.logits(attn.temperature)
+    keep = torch.zeros_like(logits).scatter_(-1, torch.topk(logits, attn.n_keep, dim=-1).indices, 1.0)
+    logits = torch.where(keep > 0, logits, torch.full_like(logits, float("-inf")))
+    weights = logits.softmax(dim=-1) * attn.attn4.float()
+    return _apply_attention(values, _output_matrix(attn.project_out, weights), None, query.shape)
+
+
+def _cross_attention_statistics(
+    tcpm: nn.Module, query: torch.Tensor, key_value: torch.Tensor, acc: _GramAccumulator
+) -> torch.Tensor:
+    """q from the query's bands, k and v from the key/value map's: q and k into ``acc``; v
+    returned as [N, H*W, c]."""
+    attn = tcpm.select_attn
     n, c, height, width = query.shape
-    acc = _GramAccumulator(n, c, attn.heads, query)
     values = None
     rows = band_rows(query, 3 * c)
     q_bands = conv_bands(query, tcpm.norm1, split_weights(attn.q, attn.q_dwconv, 1), rows)
@@ -287,11 +305,7 @@ def topk_cross_attention(tcpm: nn.Module, query: torch.Tensor, key_value: torch.
         if values is None:
             values = torch.empty(n, height * width, c, dtype=v.dtype, device=v.device)
         values[:, r0 * width : r1 * width] = v
-    logits = acc.logits(attn.temperature)
-    keep = torch.zeros_like(logits).scatter_(-1, torch.topk(logits, attn.n_keep, dim=-1).indices, 1.0)
-    logits = torch.where(keep > 0, logits, torch.full_like(logits, float("-inf")))
-    weights = logits.softmax(dim=-1) * attn.attn4.float()
-    return _apply_attention(values, _output_matrix(attn.project_out, weights), None, query.shape)
+    return values
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ before any kernel is slow; with each block's stages fused it moves about 11 GB.
 - ``mdta_statistics``: MDTA's pass over the map, the same way head by head: q, k and v, each
   tile's share of the Gram matrices and of the norms of q and k (added atomically), and v.
   The softmax and ``M`` (``project_out``'s weight times the block-diagonal attention) are a
-  few small operations in ``fast_ops``.
+  few small operations in ``fast_ops``. ``cross_attention_statistics``: the same kernel for
+  TCPM's top-k cross-attention (q from one map, k and v from another).
 
 Only the blocks' inputs and outputs, and v, touch main memory. Opt-in
 (``set_fused_kernels(True)``, ``upfusion bench --arithmetic fused``) until timed on a GPU. The
@@ -236,16 +237,45 @@ def gdfn_residual(
     return out if launched else None
 
 
-def _mdta_weights(norm: nn.Module, attn: nn.Module) -> tuple[torch.Tensor, ...]:
-    """LayerNorm weight and bias; q, k and v's 1x1 weights as [C, C] (input-major) and their
-    depth-wise taps as [C, 9]."""
-    c = attn.project_out.out_channels
-    w, dw = attn.qkv.weight, attn.qkv_dwconv.weight
+def _attention_weights(norm_q: nn.Module, norm_kv: nn.Module, w_q, dw_q, w_kv, dw_kv) -> tuple[torch.Tensor, ...]:
+    """The two LayerNorms' weights and biases; q, k and v's 1x1 weights as [C, C] (input-major)
+    and their depth-wise taps as [C, 9] (``w_kv``, ``dw_kv``: k's channels, then v's)."""
+    c = w_q.shape[0]
     return (
-        norm.body.weight.float(), norm.body.bias.float(),
-        *(_rows(w[i * c : (i + 1) * c], c).t().contiguous() for i in range(3)),
-        *(_rows(dw[i * c : (i + 1) * c], c) for i in range(3)),
+        norm_q.body.weight.float(), norm_q.body.bias.float(), norm_kv.body.weight.float(), norm_kv.body.bias.float(),
+        _rows(w_q, c).t().contiguous(), _rows(w_kv[:c], c).t().contiguous(), _rows(w_kv[c:], c).t().contiguous(),
+        _rows(dw_q, c), _rows(dw_kv[:c], c), _rows(dw_kv[c:], c),
     )  # fmt: skip
+
+
+def _attention_statistics(
+    weights: tuple[torch.Tensor, ...],
+    xq: torch.Tensor,
+    xkv: torch.Tensor | None,
+    heads: int,
+    gram: torch.Tensor,
+    q_sq: torch.Tensor,
+    k_sq: torch.Tensor,
+    config: KernelConfig | None,
+) -> torch.Tensor | None:
+    """The kernel of ``mdta_statistics`` (``xkv`` None: k and v from ``xq`` too) and
+    ``cross_attention_statistics``."""
+    from .triton_kernels import attention_statistics_kernel
+
+    n, c, height, width = xq.shape
+    launch = _Launch(xq, config)
+    xq = xq.contiguous(memory_format=torch.channels_last)
+    same = xkv is None
+    xkv = xq if same else xkv.contiguous(memory_format=torch.channels_last)
+    head_width = c // heads
+    head_p = _next_power_of_2(head_width)
+    scratch = launch.scratch(launch.halo_p * head_p, xq.device)
+    values = torch.empty(n, height * width, c, dtype=launch.compute, device=xq.device)
+    launched = _launched(
+        attention_statistics_kernel, launch, xq, xkv, values, gram, q_sq, k_sq, scratch, *weights,
+        height, width, c, heads, head_width, HEAD_P=head_p, SAME_INPUT=same,
+    )  # fmt: skip
+    return values if launched else None
 
 
 def mdta_statistics(
@@ -261,18 +291,31 @@ def mdta_statistics(
     [N, heads, d, d] and the squared norms of q and k to ``q_sq``, ``k_sq`` [N, C] (float32, as
     ``fast_ops._GramAccumulator``), and returns v as [N, H*W, C] (in the compute dtype); None if
     the kernel does not fit this GPU at this width (see ``_launched``)."""
-    from .triton_kernels import mdta_statistics_kernel
+    c = x.shape[1]
+    w, dw = attn.qkv.weight, attn.qkv_dwconv.weight  # q's channels, then k's, then v's
+    weights = _prepared_weights(
+        attn, (norm, attn), lambda: _attention_weights(norm, norm, w[:c], dw[:c], w[c:], dw[c:])
+    )
+    return _attention_statistics(weights, x, None, attn.heads, gram, q_sq, k_sq, config)
 
-    n, c, height, width = x.shape
-    launch = _Launch(x, config)
-    x = x.contiguous(memory_format=torch.channels_last)
-    head_width = c // attn.heads
-    head_p = _next_power_of_2(head_width)
-    weights = _prepared_weights(attn, (norm, attn), lambda: _mdta_weights(norm, attn))
-    scratch = launch.scratch(launch.halo_p * head_p, x.device)
-    values = torch.empty(n, height * width, c, dtype=launch.compute, device=x.device)
-    launched = _launched(
-        mdta_statistics_kernel, launch, x, values, gram, q_sq, k_sq, scratch, *weights,
-        height, width, c, attn.heads, head_width, HEAD_P=head_p,
-    )  # fmt: skip
-    return values if launched else None
+
+def cross_attention_statistics(
+    tcpm: nn.Module,
+    query: torch.Tensor,
+    key_value: torch.Tensor,
+    gram: torch.Tensor,
+    q_sq: torch.Tensor,
+    k_sq: torch.Tensor,
+    config: KernelConfig | None = None,
+) -> torch.Tensor | None:
+    """``mdta_statistics`` for TCPM's top-k cross-attention: q from ``norm1(query)``, k and v from
+    ``norm2(key_value)``."""
+    attn = tcpm.select_attn
+    weights = _prepared_weights(
+        attn,
+        (tcpm.norm1, tcpm.norm2, attn),
+        lambda: _attention_weights(
+            tcpm.norm1, tcpm.norm2, attn.q.weight, attn.q_dwconv.weight, attn.kv.weight, attn.kv_dwconv.weight
+        ),
+    )
+    return _attention_statistics(weights, query, key_value, attn.heads, gram, q_sq, k_sq, config)

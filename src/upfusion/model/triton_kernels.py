@@ -209,25 +209,31 @@ def gdfn_residual_kernel(
 
 
 @triton.jit
-def mdta_statistics_kernel(
-    x_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch_ptr, ln_w_ptr, ln_b_ptr,
-    wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
+def attention_statistics_kernel(
+    xq_ptr, xkv_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch_ptr,
+    lnq_w_ptr, lnq_b_ptr, lnkv_w_ptr, lnkv_b_ptr, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
     height, width, channels, heads, head_width, tile_row0,
     BLOCK_C: tl.constexpr, HEAD_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    EMULATED: tl.constexpr,
+    EMULATED: tl.constexpr, SAME_INPUT: tl.constexpr,
 ):  # fmt: skip
-    """MDTA's first pass over one output tile: q, k, v = dwconv(qkv(LayerNorm(x))) head by head;
-    adds the tile's share of each head's Gram matrix q_h^T k_h and of the squared norms of q and
-    k to ``gram`` [N, heads, d, d] and ``q_sq``, ``k_sq`` [N, C] (float32), and writes v to
-    ``values`` [N, H*W, C]. (``q``/``k``/``v`` weights: [C, C], input-major.)"""
+    """A channel attention's pass over one output tile, head by head: q = dwconv(conv1x1(LNq(xq)))
+    and k, v = dwconv(conv1x1(LNkv(xkv))) (MDTA: one map and one LayerNorm, ``SAME_INPUT``; TCPM's
+    cross-attention: two). Adds the tile's share of each head's Gram matrix q_h^T k_h and of the
+    squared norms of q and k to ``gram`` [N, heads, d, d] and ``q_sq``, ``k_sq`` [N, C] (float32),
+    and writes v to ``values`` [N, H*W, C]. (``q``/``k``/``v`` weights: [C, C], input-major.)"""
     tile_w, band_row, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     tile_h = tile_row0 + band_row  # a launch covers a band of tile rows (see fused_kernels._launched)
     program = (n * tl.num_programs(1) + band_row) * tl.num_programs(0) + tile_w
     scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * HEAD_P)
     pixel_h, inside = halo_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, HALO_P)
-    x = load_rows(x_ptr, pixel_h, inside, channels, BLOCK_C)
-    normed = layer_norm_rows(x, ln_w_ptr, ln_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
+    xq = load_rows(xq_ptr, pixel_h, inside, channels, BLOCK_C)
+    normed_q = layer_norm_rows(xq, lnq_w_ptr, lnq_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
+    if SAME_INPUT:
+        normed_kv = normed_q
+    else:
+        xkv = load_rows(xkv_ptr, pixel_h, inside, channels, BLOCK_C)
+        normed_kv = layer_norm_rows(xkv, lnkv_w_ptr, lnkv_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
     pixel, inside_out = output_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, OUT_P)
     j = tl.arange(0, HEAD_P)
     j_ok = j < head_width
@@ -236,15 +242,15 @@ def mdta_statistics_kernel(
         cols = h * head_width + j
         # q, then k, then v through the one scratch tile; pixels outside the image count as 0
         q = pointwise_depthwise(
-            normed, inside, wq_ptr, channels, dwq_ptr, cols, j_ok, channels, scratch,
+            normed_q, inside, wq_ptr, channels, dwq_ptr, cols, j_ok, channels, scratch,
             BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
         k = pointwise_depthwise(
-            normed, inside, wk_ptr, channels, dwk_ptr, cols, j_ok, channels, scratch,
+            normed_kv, inside, wk_ptr, channels, dwk_ptr, cols, j_ok, channels, scratch,
             BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
         v = pointwise_depthwise(
-            normed, inside, wv_ptr, channels, dwv_ptr, cols, j_ok, channels, scratch,
+            normed_kv, inside, wv_ptr, channels, dwv_ptr, cols, j_ok, channels, scratch,
             BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
         q = tl.where(inside_out[:, None], q, 0.0)
