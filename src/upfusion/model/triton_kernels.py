@@ -65,16 +65,22 @@ def with_attention(
 ):  # fmt: skip
     """``x + v @ M^T`` at the pixels ``pixel``: the product that applies MDTA's attention and adds
     the residual (``fast_ops._apply_attention``; ``mt``: [N, C, C], the sample's M^T), rounded as
-    that product's output."""
-    v = load_rows(v_ptr, pixel, inside, channels, BLOCK_C)
+    that product's output. Summed over 32 input channels at a time, so that the operands stay
+    small (M^T whole would be 512 KiB at 384 channels)."""
     ch = tl.arange(0, BLOCK_C)
-    ok = ch < channels
-    mt = tl.load(
-        mt_ptr + n.to(tl.int64) * channels * channels + ch[:, None] * channels + ch[None, :],
-        mask=ok[:, None] & ok[None, :],
-        other=0.0,
-    ).to(tl.float32)
-    applied = dot(operand(v, DOT_DTYPE, EMULATED), operand(mt, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
+    ch_ok = ch < channels
+    applied = tl.zeros_like(x)
+    for k0 in range(0, channels, 32):
+        k = k0 + tl.arange(0, 32)
+        k_ok = k < channels
+        v = tl.load(v_ptr + pixel[:, None] * channels + k[None, :], mask=inside[:, None] & k_ok[None, :], other=0.0)
+        mt = tl.load(
+            mt_ptr + n.to(tl.int64) * channels * channels + k[:, None] * channels + ch[None, :],
+            mask=k_ok[:, None] & ch_ok[None, :],
+            other=0.0,
+        )
+        v = operand(v.to(tl.float32), DOT_DTYPE, EMULATED)
+        applied += dot(v, operand(mt.to(tl.float32), DOT_DTYPE, EMULATED), PRECISION, EMULATED)
     return rounded(rounded(x, DOT_DTYPE, EMULATED) + applied, DOT_DTYPE, EMULATED)
 
 
