@@ -23,19 +23,17 @@ def conv3x3(c_in: int, c_out: int, bias: bool = False) -> nn.Conv2d:
 class DepthwiseConv3x3(nn.Conv2d):
     """Bias-free depth-wise 3x3 convolution (one filter per channel, zero padding 1).
 
-    Under ``torch.compile`` it runs as ``fast_ops.depthwise3x3_shifted``, which the compiler
-    fuses with the element-wise work around it into one pass over memory: cuDNN's grouped
-    kernel, which compiled graphs otherwise get, was the slowest kernel on an H100
-    (docs/performance.md). Eager calls keep the convolution.
+    Runs as ``fast_ops.depthwise3x3``: under ``torch.compile`` nine shifted products, which the
+    compiler fuses with the element-wise work around it into one pass over memory (cuDNN's
+    grouped kernel, which compiled graphs otherwise get, was the slowest kernel on an H100:
+    docs/performance.md); eager calls and export keep the convolution.
     """
 
     def __init__(self, c: int) -> None:
         super().__init__(c, c, kernel_size=3, padding=1, groups=c, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast_ops.compiling_for_speed():
-            return fast_ops.depthwise3x3_shifted(x, self.weight)
-        return super().forward(x)
+        return fast_ops.depthwise3x3(x, self.weight)
 
 
 def dwconv3x3(c: int) -> nn.Conv2d:

@@ -158,9 +158,10 @@ def compiling_for_speed() -> bool:
 
 
 def depthwise3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The depth-wise 3x3 convolution of a band: nine shifted products under ``torch.compile``,
-    which the compiler fuses with their neighbours (cuDNN's grouped kernel was the slowest
-    kernel of compiled graphs on an H100), the library's convolution otherwise."""
+    """The bias-free depth-wise 3x3 convolution (zero padding 1; ``weight``: [C, 1, 3, 3]): nine
+    shifted products under ``torch.compile``, which the compiler fuses with their neighbours
+    (cuDNN's grouped kernel was the slowest kernel of compiled graphs on an H100), the library's
+    convolution otherwise (eager calls, ``torch.export``)."""
     if compiling_for_speed():
         return depthwise3x3_shifted(x, weight)
     return F.conv2d(x, weight, padding=1, groups=weight.shape[0])
