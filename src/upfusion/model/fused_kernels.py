@@ -102,13 +102,15 @@ def default_config(channels: int) -> KernelConfig:
 
 
 class _Launch:
-    """What both kernels need for a map ``x`` [N, C, H, W]: its tiling and the arithmetic's dtypes.
+    """What both kernels need for a map ``x`` [N, C, H, W]: its tiling, the arithmetic's dtypes,
+    and float32 scratch of ``scratch_columns`` values per halo pixel for each program of one launch.
 
     Computes in the autocast dtype when autocast is on (bf16 or fp16 products, float32 sums),
-    else in float32 (TF32 off, as ``upfusion fuse`` runs fp32 on a GPU).
+    else in float32 (TF32 off, as ``upfusion fuse`` runs fp32 on a GPU). A launch covers as many
+    tile rows as keep its scratch within SCRATCH_BYTES (one 4K map has ~40,000 tiles).
     """
 
-    def __init__(self, x: torch.Tensor, config: KernelConfig | None) -> None:
+    def __init__(self, x: torch.Tensor, config: KernelConfig | None, scratch_columns: int) -> None:
         n, c, height, width = x.shape
         config = config or _config or default_config(c)
         device_type = x.device.type
@@ -116,8 +118,11 @@ class _Launch:
         self.compute = torch.get_autocast_dtype(device_type) if enabled else torch.float32
         tile_h, tile_w = config.tile
         self.halo_p = _next_power_of_2((tile_h + 2) * (tile_w + 2))
-        self.tiles = (-(-width // tile_w), -(-height // tile_h), n)  # columns, rows, samples
-        self.band = self.tiles[1]  # tile rows per launch (see scratch)
+        columns, rows = -(-width // tile_w), -(-height // tile_h)
+        self.tiles = (columns, rows, n)
+        per_program = self.halo_p * scratch_columns
+        self.band = max(1, min(rows, SCRATCH_BYTES // (4 * per_program * columns * n)))  # tile rows a launch
+        self.scratch = torch.empty(columns * self.band * n * per_program, dtype=torch.float32, device=x.device)
         self.constants = dict(
             BLOCK_C=_next_power_of_2(c), TILE_H=tile_h, TILE_W=tile_w, HALO_P=self.halo_p,
             OUT_P=_next_power_of_2(tile_h * tile_w),
@@ -125,13 +130,6 @@ class _Launch:
             PRECISION="ieee" if self.compute == torch.float32 else "tf32", EMULATED=interpreting(),
             num_warps=config.num_warps,
         )  # fmt: skip
-
-    def scratch(self, per_program: int, device: torch.device) -> torch.Tensor:
-        """Float32 scratch of ``per_program`` values for each program of one launch. A launch
-        covers as many tile rows as keep it within SCRATCH_BYTES (one 4K map has ~40,000 tiles)."""
-        columns, rows, n = self.tiles
-        self.band = max(1, min(rows, SCRATCH_BYTES // (4 * per_program * columns * n)))
-        return torch.empty(columns * self.band * n * per_program, dtype=torch.float32, device=device)
 
 
 def _triton_dtype(dtype: torch.dtype):
@@ -217,11 +215,10 @@ def gdfn_residual(
     from .triton_kernels import gdfn_residual_kernel
 
     n, c, height, width = x.shape
-    launch = _Launch(x, config)
+    launch = _Launch(x, config, HIDDEN_SLICE)
     x = x.contiguous(memory_format=torch.channels_last)
     padded = -(-ffn.project_out.in_channels // HIDDEN_SLICE) * HIDDEN_SLICE
     weights = _prepared_weights(ffn, (norm, ffn), lambda: _gdfn_weights(norm, ffn, padded))
-    scratch = launch.scratch(launch.halo_p * HIDDEN_SLICE, x.device)
     if attention is None:
         values = matrix_t = x  # (not read)
         out_dtype = torch.promote_types(x.dtype, launch.compute)
@@ -231,7 +228,7 @@ def gdfn_residual(
         out_dtype = torch.promote_types(values.dtype, launch.compute)
     out = torch.empty(n, c, height, width, dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
     launched = _launched(
-        gdfn_residual_kernel, launch, x, values, matrix_t, out, scratch, *weights, height, width, c, padded,
+        gdfn_residual_kernel, launch, x, values, matrix_t, out, launch.scratch, *weights, height, width, c, padded,
         SLICE=HIDDEN_SLICE, WITH_ATTENTION=attention is not None, OUT_DTYPE=_triton_dtype(out_dtype),
     )  # fmt: skip
     return out if launched else None
@@ -263,16 +260,15 @@ def _attention_statistics(
     from .triton_kernels import attention_statistics_kernel
 
     n, c, height, width = xq.shape
-    launch = _Launch(xq, config)
+    head_width = c // heads
+    head_p = _next_power_of_2(head_width)
+    launch = _Launch(xq, config, head_p)
     xq = xq.contiguous(memory_format=torch.channels_last)
     same = xkv is None
     xkv = xq if same else xkv.contiguous(memory_format=torch.channels_last)
-    head_width = c // heads
-    head_p = _next_power_of_2(head_width)
-    scratch = launch.scratch(launch.halo_p * head_p, xq.device)
     values = torch.empty(n, height * width, c, dtype=launch.compute, device=xq.device)
     launched = _launched(
-        attention_statistics_kernel, launch, xq, xkv, values, gram, q_sq, k_sq, scratch, *weights,
+        attention_statistics_kernel, launch, xq, xkv, values, gram, q_sq, k_sq, launch.scratch, *weights,
         height, width, c, heads, head_width, HEAD_P=head_p, SAME_INPUT=same,
     )  # fmt: skip
     return values if launched else None
