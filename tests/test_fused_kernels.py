@@ -234,7 +234,7 @@ def test_a_kernel_too_big_for_the_gpu_leaves_that_width_to_the_inference_kernels
     x = torch.randn(1, 96, 8, 12)
     assert fused_kernels.applies(x)
     with pytest.warns(UserWarning, match="96-channel maps stay with the inference kernels"):
-        assert not fused_kernels._launched(TooBig(), fused_kernels._Launch(x, None), x)
+        assert not fused_kernels._launched(TooBig(), fused_kernels._Launch(x, None, 32), x)
     assert not fused_kernels.applies(x)
     assert fused_kernels.left_out() == {96}
     assert fused_kernels.applies(torch.zeros(1, 48, 8, 8))
@@ -277,9 +277,14 @@ def run_check(check: str) -> dict:
     if what in STAGES:
         c, heads, size, precision = rest[:4]
         tile = tuple(map(int, rest[4].split("x"))) if len(rest) > 4 else None
-        fused_kernels.SCRATCH_BYTES = 1 if rest[5:] == ["banded"] else 64 << 20  # banded: a tile row a launch
         height, width = map(int, size.split("x"))
-        return stage_errors(what, int(c), int(heads), (height, width), precision, "cpu", tile)
+        scratch_bytes = fused_kernels.SCRATCH_BYTES
+        if rest[5:] == ["banded"]:
+            fused_kernels.SCRATCH_BYTES = 1  # one tile row a launch
+        try:
+            return stage_errors(what, int(c), int(heads), (height, width), precision, "cpu", tile)
+        finally:
+            fused_kernels.SCRATCH_BYTES = scratch_bytes
     return {"max": network_error("cpu") if what == "network" else weights_changed_error("cpu")}
 
 
