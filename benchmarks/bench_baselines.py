@@ -12,28 +12,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 from shared_data import DATA
+from timing import median_ms
 
 from upfusion.baselines import BASELINES
 from upfusion.errors import UpfusionError
 from upfusion.evaluate import read_gray
 
 DEFAULT_DATA = DATA / "msrs" / "test"
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (imports, caches)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from shared_data import DATA
+from timing import median_ms
 
 from upfusion import imaging
 from upfusion.fuse import Fuser
@@ -31,18 +30,6 @@ PAIRS = {
     "MSRS 640x480": ("msrs/test/vi/00004N.png", "msrs/test/ir/00004N.png"),
     "LLVIP 1280x1024": ("llvip/test/vi/190001.jpg", "llvip/test/ir/190001.jpg"),
 }
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def time_stages(fuser: Fuser, a_path: Path, b_path: Path, out_dir: Path, repeats: int) -> list[float]:

@@ -19,11 +19,10 @@ checks that the script runs (use ``--size 16x24``).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import torch
+from timing import median_ms
 
 from upfusion.benchmark import machine_description, parse_size
 from upfusion.inference import inference_context
@@ -32,21 +31,6 @@ from upfusion.model.blocks import TransformerBlock
 
 # (channels, heads, size divisor): the paper preset's block shapes
 SHAPES = [(48, 1, 1), (96, 2, 2), (96, 1, 1), (192, 4, 4), (384, 8, 8)]
-
-
-def median_ms(call, device: torch.device, runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        call()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 def parse_config(text: str, channels: int) -> fused_kernels.KernelConfig:
@@ -104,7 +88,7 @@ def main() -> None:
                 try:
                     with warnings.catch_warnings(), inference_context(device, args.precision):
                         warnings.simplefilter("ignore")  # a tile that does not fit: said in the table
-                        ms = median_ms(fn, device, args.runs, args.warmup)
+                        ms = median_ms(fn, args.runs, args.warmup)
                     if c in fused_kernels.left_out():
                         result = "did not fit the GPU (registers or shared memory) |"
                     else:
