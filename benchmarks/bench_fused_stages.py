@@ -1,7 +1,7 @@
 """One Restormer block stage at a time: the fused Triton kernels against the inference kernels.
 
     python benchmarks/bench_fused_stages.py [--batch 8] [--precision bf16] [--runs 20]
-        [--tiles default:4 8x8:4 ...] [--compiled]
+        [--tiles 14x14:8 6x6:8 ...] [--compiled]
 
 For the paper preset's block shapes at 640x480 (48 channels, the level-1 encoders; 96 channels
 at 320x240, level 2; 96 channels at 640x480, the level-1 decoder and refinement; 192 channels at
@@ -9,8 +9,10 @@ at 320x240, level 2; 96 channels at 640x480, the level-1 decoder and refinement;
 times ``x + MDTA(LN(x))``, ``x + GDFN(LN(x))`` and the whole block (where the fused GDFN
 kernel also applies the attention): the inference kernels (``fast_ops``, eager;
 ``--compiled``: under ``torch.compile`` too, which takes minutes) and the fused kernels
-(``fused_kernels``) with their default tiles and 8 warps, then with each output tile and warp
-count of ``--tiles`` (``ROWSxCOLS:WARPS``; ``default:4``: the default tile with 4 warps). Prints milliseconds (median of ``--runs`` after warm-up) and
+(``fused_kernels``) with each kernel's default tiles (the largest that do not spill registers
+on an H100: ``benchmarks/kernel_resources.py``), then with each output tile and warp count of
+``--tiles`` (``ROWSxCOLS:WARPS``) for both kernels: the defaults include tiles that spill, to
+see what spilling costs. Prints milliseconds (median of ``--runs`` after warm-up) and
 the bandwidth that the stage's unavoidable traffic (its input and output maps, and v for MDTA
 and the block) would need at that speed. On a CUDA GPU; ``--device cpu`` with ``TRITON_INTERPRET=1`` only
 checks that the script runs (use ``--size 16x24``).
@@ -33,9 +35,10 @@ from upfusion.model.blocks import TransformerBlock
 SHAPES = [(48, 1, 1), (96, 2, 2), (96, 1, 1), (192, 4, 4), (384, 8, 8)]
 
 
-def parse_config(text: str, channels: int) -> fused_kernels.KernelConfig:
+def parse_config(text: str) -> fused_kernels.KernelConfig:
+    """``ROWSxCOLS:WARPS`` (8 warps if left out)."""
     tile, _, warps = text.partition(":")
-    rows, cols = fused_kernels.default_config(channels).tile if tile == "default" else map(int, tile.split("x"))
+    rows, cols = map(int, tile.split("x"))
     return fused_kernels.KernelConfig((rows, cols), int(warps or 8))
 
 
@@ -47,7 +50,7 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--tiles", nargs="*", default=["default:4", "8x8:4"])
+    parser.add_argument("--tiles", nargs="*", default=["14x14:8", "6x14:8", "6x6:8", "6x14:4"])
     parser.add_argument("--compiled", action="store_true", help="also the inference kernels under torch.compile")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -82,7 +85,7 @@ def main() -> None:
             if args.compiled:
                 variants.append(("inference kernels, compiled", torch.compile(call, dynamic=False), False, None))
             variants.append(("fused, default tiles", call, True, None))
-            variants += [(f"fused, {text}", call, True, parse_config(text, c)) for text in args.tiles]
+            variants += [(f"fused, {text}", call, True, parse_config(text)) for text in args.tiles]
             for name, fn, fused, config in variants:
                 fused_kernels.set_fused_kernels(fused, config)
                 try:

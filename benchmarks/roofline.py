@@ -82,14 +82,17 @@ class Traffic:
 def fused_kernel_bytes(x: torch.Tensor) -> int | None:
     """The traffic of a ``TransformerBlock`` on ``x`` with ``fused_kernels`` (None where they do
     not apply: wider maps): MDTA's kernel reads x and its halo and writes v; the GDFN's kernel
-    reads x and v with their halos, applies the attention and writes the output. The halo is
-    the share of extra pixels that the default tiles read."""
+    reads x and v with their halos, applies the attention and writes the output. A halo is the
+    share of extra pixels that the kernel's default tiles read."""
     c = x.shape[1]
     if c > fused_kernels.MAX_CHANNELS:
         return None
-    rows, cols = fused_kernels.default_config(c).tile
-    halo = (rows + 2) * (cols + 2) / (rows * cols)
-    return round((3 * halo + 2) * x.numel() * x.element_size())
+
+    def halo(kernel: str) -> float:
+        rows, cols = fused_kernels.default_config(c, kernel).tile
+        return (rows + 2) * (cols + 2) / (rows * cols)
+
+    return round((halo("attention") + 2 * halo("gdfn") + 2) * x.numel() * x.element_size())
 
 
 def tensor_bytes(tree) -> int:

@@ -18,9 +18,11 @@ before any kernel is slow; with each block's stages fused it moves about 11 GB.
   TCPM's top-k cross-attention (q from one map, k and v from another).
 
 Only the blocks' inputs and outputs, and v, touch main memory. Opt-in
-(``set_fused_kernels(True)``, ``upfusion bench --arithmetic fused``) until timed on a GPU. The
-tests run the kernels with Triton's interpreter (``TRITON_INTERPRET=1``) on the CPU, against
-the modules' own arithmetic.
+(``set_fused_kernels(True)``, ``upfusion bench --arithmetic fused``) until timed on a GPU; on a
+GPU under bf16 or fp16 autocast only. The tests run the kernels with Triton's interpreter
+(``TRITON_INTERPRET=1``) on the CPU, against the modules' own arithmetic, and compile them for
+an H100 without one to check that they do not spill registers
+(``benchmarks/kernel_resources.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ _too_wide: set[int] = set()  # channel widths whose kernels do not fit this GPU 
 # [halo pixels, channels] is held whole.
 MAX_CHANNELS = 512
 HIDDEN_SLICE = 32  # hidden channels per step
+PROJECTION_CHUNK = 32  # the attention kernel's projections are made this many columns at a time
 SCRATCH_BYTES = 64 << 20  # the most scratch one launch gets (its tiles' depth-wise inputs)
 
 
@@ -74,10 +77,19 @@ def interpreting() -> bool:
 
 
 def applies(x: torch.Tensor) -> bool:
-    """True when the kernels should run for the map ``x`` [N, C, H, W]."""
+    """True when the kernels should run for the map ``x`` [N, C, H, W]: on a CUDA GPU under bf16 or
+    fp16 autocast, or on the CPU in Triton's interpreter (any precision: the tests check the
+    kernels' arithmetic in fp32 there).
+
+    Not in fp32 on a GPU: without half-precision tensor-core products the kernels spill 1-90 KB
+    of registers a thread and the attention kernel's tiles need 256-512 KiB of shared memory
+    (an H100 has 227; ``benchmarks/kernel_resources.py --precision fp32``), so fp32 stays with
+    the inference kernels."""
     if not _enabled or x.shape[1] > MAX_CHANNELS or x.shape[1] in _too_wide or torch.compiler.is_compiling():
         return False
-    return x.is_cuda or (interpreting() and x.device.type == "cpu")
+    if x.is_cuda:
+        return torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in (torch.bfloat16, torch.float16)
+    return interpreting() and x.device.type == "cpu"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,14 +103,18 @@ class KernelConfig:
     num_warps: int = 8
 
 
-def default_config(channels: int) -> KernelConfig:
-    """Smaller tiles for wider maps, so that the LayerNorm tile [halo pixels, channels] stays
-    about 16-32 K values: halo tiles of 256 pixels up to 64 channels (14x14 outputs), 128 up to
-    128 (6x14), 48 up to 256 (4x6), 32 above (2x6)."""
-    for widest, tile in ((64, (14, 14)), (128, (6, 14)), (256, (4, 6))):
-        if channels <= widest:
-            return KernelConfig(tile)
-    return KernelConfig((2, 6))
+def default_config(channels: int, kernel: str = "gdfn") -> KernelConfig:
+    """The tiles of ``kernel`` ("gdfn" or "attention") for maps of ``channels``: smaller for
+    wider maps. The largest tiles (the smallest halo share) at which neither kernel spills
+    registers when compiled for an H100 (``benchmarks/kernel_resources.py``, Triton 3.8); at 384
+    channels every tile spills some (84-144 bytes a thread at 2x6). Not yet timed on a GPU."""
+    table = _GDFN_TILES if kernel == "gdfn" else _ATTENTION_TILES
+    return KernelConfig(next(tile for widest, tile in table if channels <= widest))
+
+
+# (widest channels, output tile); 8 warps each
+_GDFN_TILES = ((64, (6, 14)), (256, (6, 6)), (MAX_CHANNELS, (2, 6)))
+_ATTENTION_TILES = ((64, (14, 14)), (256, (6, 14)), (MAX_CHANNELS, (2, 6)))
 
 
 class _Launch:
@@ -106,30 +122,35 @@ class _Launch:
     and float32 scratch of ``scratch_columns`` values per halo pixel for each program of one launch.
 
     Computes in the autocast dtype when autocast is on (bf16 or fp16 products, float32 sums),
-    else in float32 (TF32 off, as ``upfusion fuse`` runs fp32 on a GPU). A launch covers as many
+    else in float32 (TF32 off; only in Triton's interpreter: see ``applies``). A launch covers as many
     tile rows as keep its scratch within SCRATCH_BYTES (one 4K map has ~40,000 tiles).
     """
 
-    def __init__(self, x: torch.Tensor, config: KernelConfig | None, scratch_columns: int) -> None:
+    def __init__(self, x: torch.Tensor, config: KernelConfig, scratch_columns: int) -> None:
         n, c, height, width = x.shape
-        config = config or _config or default_config(c)
         device_type = x.device.type
         enabled = torch.is_autocast_enabled(device_type)
         self.compute = torch.get_autocast_dtype(device_type) if enabled else torch.float32
         tile_h, tile_w = config.tile
-        self.halo_p = _next_power_of_2((tile_h + 2) * (tile_w + 2))
+        self.constants = kernel_constants(c, config, self.compute)
         columns, rows = -(-width // tile_w), -(-height // tile_h)
         self.tiles = (columns, rows, n)
-        per_program = self.halo_p * scratch_columns
+        per_program = self.constants["HALO_P"] * scratch_columns
         self.band = max(1, min(rows, SCRATCH_BYTES // (4 * per_program * columns * n)))  # tile rows a launch
         self.scratch = torch.empty(columns * self.band * n * per_program, dtype=torch.float32, device=x.device)
-        self.constants = dict(
-            BLOCK_C=_next_power_of_2(c), TILE_H=tile_h, TILE_W=tile_w, HALO_P=self.halo_p,
-            OUT_P=_next_power_of_2(tile_h * tile_w),
-            DOT_DTYPE=_triton_dtype(self.compute),
-            PRECISION="ieee" if self.compute == torch.float32 else "tf32", EMULATED=interpreting(),
-            num_warps=config.num_warps,
-        )  # fmt: skip
+
+
+def kernel_constants(channels: int, config: KernelConfig, compute: torch.dtype) -> dict:
+    """The compile-time constants both kernels take for maps of ``channels`` cut by ``config``,
+    computing in ``compute`` (and ``num_warps``)."""
+    tile_h, tile_w = config.tile
+    return dict(
+        BLOCK_C=_next_power_of_2(channels), TILE_H=tile_h, TILE_W=tile_w,
+        HALO_P=_next_power_of_2((tile_h + 2) * (tile_w + 2)), OUT_P=_next_power_of_2(tile_h * tile_w),
+        DOT_DTYPE=_triton_dtype(compute),
+        PRECISION="ieee" if compute == torch.float32 else "tf32", EMULATED=interpreting(),
+        num_warps=config.num_warps,
+    )  # fmt: skip
 
 
 def _triton_dtype(dtype: torch.dtype):
@@ -163,9 +184,9 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(4, math.ceil(math.log2(n)))
 
 
-def _rows(w: torch.Tensor, rows: int) -> torch.Tensor:
-    """A weight as float32 [rows, k] (its first axis, the rest flattened), zero-padded rows."""
-    w = w.detach().flatten(1).float()
+def _rows(w: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """A weight as ``dtype`` [rows, k] (its first axis, the rest flattened), zero-padded rows."""
+    w = w.detach().flatten(1).to(dtype)
     return torch.cat([w, w.new_zeros(rows - w.shape[0], w.shape[1])]) if rows > w.shape[0] else w.contiguous()
 
 
@@ -175,9 +196,11 @@ def _rows(w: torch.Tensor, rows: int) -> torch.Tensor:
 _prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _prepared_weights(owner: nn.Module, modules: tuple[nn.Module, ...], make) -> tuple[torch.Tensor, ...]:
-    """``make()``, cached on ``owner`` while the parameters of ``modules`` stay the same."""
-    key = tuple((p.data_ptr(), p._version, p.device) for m in modules for p in m.parameters())
+def _prepared_weights(
+    owner: nn.Module, modules: tuple[nn.Module, ...], dtype: torch.dtype, make
+) -> tuple[torch.Tensor, ...]:
+    """``make()``, cached on ``owner`` while the parameters of ``modules`` and ``dtype`` stay the same."""
+    key = (dtype,) + tuple((p.data_ptr(), p._version, p.device) for m in modules for p in m.parameters())
     cached = _prepared.get(owner)
     if cached is None or cached[0] != key:
         with torch.no_grad():
@@ -185,16 +208,16 @@ def _prepared_weights(owner: nn.Module, modules: tuple[nn.Module, ...], make) ->
     return cached[1]
 
 
-def _gdfn_weights(norm: nn.Module, ffn: nn.Module, padded: int) -> tuple[torch.Tensor, ...]:
-    """LayerNorm weight and bias; both halves of ``project_in`` as [C, padded]; both halves of
-    the depth-wise taps as [padded, 9]; ``project_out`` as [padded, C]."""
+def _gdfn_weights(norm: nn.Module, ffn: nn.Module, padded: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """LayerNorm weight and bias (float32); in ``dtype``: both halves of ``project_in`` as [C,
+    padded], both halves of the depth-wise taps as [padded, 9] and ``project_out`` as [padded, C]."""
     hidden = ffn.project_out.in_channels
     w_in, dw = ffn.project_in.weight, ffn.dwconv.weight  # [2 hidden, C, 1, 1], [2 hidden, 1, 3, 3]
     return (
         norm.body.weight.float(), norm.body.bias.float(),
-        _rows(w_in[:hidden], padded).t().contiguous(), _rows(w_in[hidden:], padded).t().contiguous(),
-        _rows(dw[:hidden], padded), _rows(dw[hidden:], padded),
-        _rows(ffn.project_out.weight.flatten(1).t(), padded),
+        _rows(w_in[:hidden], padded, dtype).t().contiguous(), _rows(w_in[hidden:], padded, dtype).t().contiguous(),
+        _rows(dw[:hidden], padded, dtype), _rows(dw[hidden:], padded, dtype),
+        _rows(ffn.project_out.weight.flatten(1).t(), padded, dtype),
     )  # fmt: skip
 
 
@@ -215,10 +238,12 @@ def gdfn_residual(
     from .triton_kernels import gdfn_residual_kernel
 
     n, c, height, width = x.shape
-    launch = _Launch(x, config, HIDDEN_SLICE)
+    launch = _Launch(x, config or _config or default_config(c, "gdfn"), HIDDEN_SLICE)
     x = x.contiguous(memory_format=torch.channels_last)
     padded = -(-ffn.project_out.in_channels // HIDDEN_SLICE) * HIDDEN_SLICE
-    weights = _prepared_weights(ffn, (norm, ffn), lambda: _gdfn_weights(norm, ffn, padded))
+    weights = _prepared_weights(
+        ffn, (norm, ffn), launch.compute, lambda: _gdfn_weights(norm, ffn, padded, launch.compute)
+    )
     if attention is None:
         values = matrix_t = x  # (not read)
         out_dtype = torch.promote_types(x.dtype, launch.compute)
@@ -234,19 +259,25 @@ def gdfn_residual(
     return out if launched else None
 
 
-def _attention_weights(norm_q: nn.Module, norm_kv: nn.Module, w_q, dw_q, w_kv, dw_kv) -> tuple[torch.Tensor, ...]:
-    """The two LayerNorms' weights and biases; q, k and v's 1x1 weights as [C, C] (input-major)
-    and their depth-wise taps as [C, 9] (``w_kv``, ``dw_kv``: k's channels, then v's)."""
+def _attention_weights(
+    norm_q: nn.Module, norm_kv: nn.Module, w_q, dw_q, w_kv, dw_kv, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
+    """The two LayerNorms' weights and biases (float32); in ``dtype``: q, k and v's 1x1 weights as
+    [C, C] (input-major) and their depth-wise taps as [C, 9] (``w_kv``, ``dw_kv``: k's channels,
+    then v's)."""
     c = w_q.shape[0]
     return (
         norm_q.body.weight.float(), norm_q.body.bias.float(), norm_kv.body.weight.float(), norm_kv.body.bias.float(),
-        _rows(w_q, c).t().contiguous(), _rows(w_kv[:c], c).t().contiguous(), _rows(w_kv[c:], c).t().contiguous(),
-        _rows(dw_q, c), _rows(dw_kv[:c], c), _rows(dw_kv[c:], c),
+        _rows(w_q, c, dtype).t().contiguous(), _rows(w_kv[:c], c, dtype).t().contiguous(),
+        _rows(w_kv[c:], c, dtype).t().contiguous(),
+        _rows(dw_q, c, dtype), _rows(dw_kv[:c], c, dtype), _rows(dw_kv[c:], c, dtype),
     )  # fmt: skip
 
 
 def _attention_statistics(
-    weights: tuple[torch.Tensor, ...],
+    owner: nn.Module,
+    modules: tuple[nn.Module, ...],
+    make_weights,
     xq: torch.Tensor,
     xkv: torch.Tensor | None,
     heads: int,
@@ -256,20 +287,21 @@ def _attention_statistics(
     config: KernelConfig | None,
 ) -> torch.Tensor | None:
     """The kernel of ``mdta_statistics`` (``xkv`` None: k and v from ``xq`` too) and
-    ``cross_attention_statistics``."""
+    ``cross_attention_statistics``; ``make_weights(dtype)``: ``_attention_weights`` of ``modules``."""
     from .triton_kernels import attention_statistics_kernel
 
     n, c, height, width = xq.shape
     head_width = c // heads
     head_p = _next_power_of_2(head_width)
-    launch = _Launch(xq, config, head_p)
+    launch = _Launch(xq, config or _config or default_config(c, "attention"), head_p)
+    weights = _prepared_weights(owner, modules, launch.compute, lambda: make_weights(launch.compute))
     xq = xq.contiguous(memory_format=torch.channels_last)
     same = xkv is None
     xkv = xq if same else xkv.contiguous(memory_format=torch.channels_last)
     values = torch.empty(n, height * width, c, dtype=launch.compute, device=xq.device)
     launched = _launched(
         attention_statistics_kernel, launch, xq, xkv, values, gram, q_sq, k_sq, launch.scratch, *weights,
-        height, width, c, heads, head_width, HEAD_P=head_p, SAME_INPUT=same,
+        height, width, c, heads, head_width, HEAD_P=head_p, CHUNK=min(head_p, PROJECTION_CHUNK), SAME_INPUT=same,
     )  # fmt: skip
     return values if launched else None
 
@@ -289,10 +321,11 @@ def mdta_statistics(
     the kernel does not fit this GPU at this width (see ``_launched``)."""
     c = x.shape[1]
     w, dw = attn.qkv.weight, attn.qkv_dwconv.weight  # q's channels, then k's, then v's
-    weights = _prepared_weights(
-        attn, (norm, attn), lambda: _attention_weights(norm, norm, w[:c], dw[:c], w[c:], dw[c:])
-    )
-    return _attention_statistics(weights, x, None, attn.heads, gram, q_sq, k_sq, config)
+
+    def make_weights(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        return _attention_weights(norm, norm, w[:c], dw[:c], w[c:], dw[c:], dtype)
+
+    return _attention_statistics(attn, (norm, attn), make_weights, x, None, attn.heads, gram, q_sq, k_sq, config)
 
 
 def cross_attention_statistics(
@@ -307,11 +340,11 @@ def cross_attention_statistics(
     """``mdta_statistics`` for TCPM's top-k cross-attention: q from ``norm1(query)``, k and v from
     ``norm2(key_value)``."""
     attn = tcpm.select_attn
-    weights = _prepared_weights(
-        attn,
-        (tcpm.norm1, tcpm.norm2, attn),
-        lambda: _attention_weights(
-            tcpm.norm1, tcpm.norm2, attn.q.weight, attn.q_dwconv.weight, attn.kv.weight, attn.kv_dwconv.weight
-        ),
-    )
-    return _attention_statistics(weights, query, key_value, attn.heads, gram, q_sq, k_sq, config)
+
+    def make_weights(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        return _attention_weights(
+            tcpm.norm1, tcpm.norm2, attn.q.weight, attn.q_dwconv.weight, attn.kv.weight, attn.kv_dwconv.weight, dtype
+        )
+
+    modules = (tcpm.norm1, tcpm.norm2, attn)
+    return _attention_statistics(attn, modules, make_weights, query, key_value, attn.heads, gram, q_sq, k_sq, config)

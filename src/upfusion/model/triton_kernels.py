@@ -23,7 +23,7 @@ def operand(x, DTYPE: tl.constexpr, EMULATED: tl.constexpr):
     wrongly (numpy has no bf16): there the operand is the rounded value in float32, whose
     products with another such operand are exact in float32, as on the GPU's tensor cores."""
     if EMULATED:
-        return rounded(x, DTYPE, EMULATED)
+        return rounded(x.to(tl.float32), DTYPE, EMULATED)
     return x.to(DTYPE)
 
 
@@ -102,20 +102,26 @@ def layer_norm_rows(
 
 @triton.jit
 def project_to_scratch(
-    normed, inside, w_ptr, row_stride, cols, cols_ok, channels, scratch,
-    BLOCK_C: tl.constexpr, HALO_P: tl.constexpr, COLS: tl.constexpr,
+    normed, inside, w_ptr, row_stride, col0, valid, channels, scratch,
+    BLOCK_C: tl.constexpr, HALO_P: tl.constexpr, COLS: tl.constexpr, CHUNK: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATED: tl.constexpr,
 ):  # fmt: skip
-    """A 1x1 conv of the halo tile onto ``cols`` (``w``: [channels, row_stride], input-major),
-    rounded as the unfused convolution's output, written to ``scratch`` [HALO_P, COLS]. The
-    depth-wise conv that follows zero-pads its input, so pixels outside the image hold 0."""
+    """A 1x1 conv of the halo tile onto the columns ``col0 + j`` (``j < valid``; ``w``:
+    [channels, row_stride], input-major), rounded as the unfused convolution's output, written
+    to ``scratch`` [HALO_P, COLS]. The depth-wise conv that follows zero-pads its input, so
+    pixels outside the image hold 0. CHUNK columns at a time: a product's operand [BLOCK_C,
+    CHUNK] is spread over the threads, and whole it would take too many registers at 384 channels."""
     ch = tl.arange(0, BLOCK_C)
-    w = tl.load(
-        w_ptr + ch[:, None] * row_stride + cols[None, :], mask=(ch < channels)[:, None] & cols_ok[None, :], other=0.0
-    )
-    y = rounded(dot(normed, operand(w, DOT_DTYPE, EMULATED), PRECISION, EMULATED), DOT_DTYPE, EMULATED)
-    y = tl.where(inside[:, None], y, 0.0)
-    tl.store(scratch + tl.arange(0, HALO_P)[:, None] * COLS + tl.arange(0, COLS)[None, :], y)
+    for c0 in tl.static_range(0, COLS, CHUNK):
+        j = c0 + tl.arange(0, CHUNK)
+        w = tl.load(
+            w_ptr + ch[:, None] * row_stride + col0 + j[None, :],
+            mask=(ch < channels)[:, None] & (j < valid)[None, :],
+            other=0.0,
+        )
+        y = rounded(dot(normed, operand(w, DOT_DTYPE, EMULATED), PRECISION, EMULATED), DOT_DTYPE, EMULATED)
+        y = tl.where(inside[:, None], y, 0.0)
+        tl.store(scratch + tl.arange(0, HALO_P)[:, None] * COLS + j[None, :], y)
 
 
 @triton.jit
@@ -131,7 +137,7 @@ def depthwise_from_scratch(
     within = op < TILE_H * TILE_W
     row, col = op // TILE_W, op % TILE_W
     out = tl.zeros((OUT_P, COLS), dtype=tl.float32)
-    for tap in tl.static_range(9):
+    for tap in range(9):  # not unrolled: unrolled, the nine loads are all issued at once and spill
         src = tl.where(within, (row + tap // 3) * halo_w + (col + tap % 3), 0)
         y = tl.load(scratch + src[:, None] * COLS + tl.arange(0, COLS)[None, :])
         out += y * tl.load(dw_ptr + cols * 9 + tap, mask=cols_ok, other=0.0)[None, :]
@@ -140,16 +146,19 @@ def depthwise_from_scratch(
 
 @triton.jit
 def pointwise_depthwise(
-    normed, inside, w_ptr, row_stride, dw_ptr, cols, cols_ok, channels, scratch,
+    normed, inside, w_ptr, row_stride, dw_ptr, col0, valid, channels, scratch,
     BLOCK_C: tl.constexpr, HALO_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-    OUT_P: tl.constexpr, COLS: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    EMULATED: tl.constexpr,
+    OUT_P: tl.constexpr, COLS: tl.constexpr, CHUNK: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr, EMULATED: tl.constexpr,
 ):  # fmt: skip
-    """``dwconv3x3(conv1x1(normed))`` onto ``cols`` at the output tile's pixels, through ``scratch``."""
+    """``dwconv3x3(conv1x1(normed))`` onto the columns ``col0 + j`` (``j < valid``) at the output
+    tile's pixels, through ``scratch``; [OUT_P, COLS]."""
     project_to_scratch(
-        normed, inside, w_ptr, row_stride, cols, cols_ok, channels, scratch,
-        BLOCK_C, HALO_P, COLS, DOT_DTYPE, PRECISION, EMULATED,
+        normed, inside, w_ptr, row_stride, col0, valid, channels, scratch,
+        BLOCK_C, HALO_P, COLS, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
     )  # fmt: skip
+    cols = col0 + tl.arange(0, COLS)
+    cols_ok = tl.arange(0, COLS) < valid
     tl.debug_barrier()  # the whole halo tile is written before any thread reads a neighbour
     out = depthwise_from_scratch(scratch, dw_ptr, cols, cols_ok, TILE_H, TILE_W, OUT_P, COLS, DOT_DTYPE, EMULATED)
     tl.debug_barrier()  # every read is done before the scratch is written again
@@ -185,18 +194,17 @@ def gdfn_residual_kernel(
     if WITH_ATTENTION:
         x = with_attention(x, v_ptr, mt_ptr, pixel, inside, n, channels, BLOCK_C, DOT_DTYPE, PRECISION, EMULATED)
     normed = layer_norm_rows(x, ln_w_ptr, ln_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
-    all_ok = tl.full((SLICE,), 1, tl.int1)  # the hidden width is zero-padded to whole slices
 
     acc = tl.zeros((OUT_P, BLOCK_C), dtype=tl.float32)
     for start in range(0, hidden_padded, SLICE):
         hid = start + tl.arange(0, SLICE)
         d1 = pointwise_depthwise(
-            normed, inside, w1_ptr, hidden_padded, dw1_ptr, hid, all_ok, channels, scratch,
-            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, DOT_DTYPE, PRECISION, EMULATED,
+            normed, inside, w1_ptr, hidden_padded, dw1_ptr, start, SLICE, channels, scratch,
+            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, SLICE, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
         d2 = pointwise_depthwise(
-            normed, inside, w2_ptr, hidden_padded, dw2_ptr, hid, all_ok, channels, scratch,
-            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, DOT_DTYPE, PRECISION, EMULATED,
+            normed, inside, w2_ptr, hidden_padded, dw2_ptr, start, SLICE, channels, scratch,
+            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, SLICE, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
 
         gated = 0.5 * d1 * (1.0 + tl.math.erf(d1 * 0.7071067811865476)) * d2  # exact GELU, as F.gelu
@@ -219,7 +227,7 @@ def attention_statistics_kernel(
     xq_ptr, xkv_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch_ptr,
     lnq_w_ptr, lnq_b_ptr, lnkv_w_ptr, lnkv_b_ptr, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
     height, width, channels, heads, head_width, tile_row0,
-    BLOCK_C: tl.constexpr, HEAD_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    BLOCK_C: tl.constexpr, HEAD_P: tl.constexpr, CHUNK: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     EMULATED: tl.constexpr, SAME_INPUT: tl.constexpr,
 ):  # fmt: skip
@@ -227,7 +235,8 @@ def attention_statistics_kernel(
     and k, v = dwconv(conv1x1(LNkv(xkv))) (MDTA: one map and one LayerNorm, ``SAME_INPUT``; TCPM's
     cross-attention: two). Adds the tile's share of each head's Gram matrix q_h^T k_h and of the
     squared norms of q and k to ``gram`` [N, heads, d, d] and ``q_sq``, ``k_sq`` [N, C] (float32),
-    and writes v to ``values`` [N, H*W, C]. (``q``/``k``/``v`` weights: [C, C], input-major.)"""
+    and writes v to ``values`` [N, H*W, C]. (``q``/``k``/``v`` weights: [C, C], input-major.) Each
+    projection is made CHUNK columns at a time (see ``project_to_scratch``)."""
     tile_w, band_row, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     tile_h = tile_row0 + band_row  # a launch covers a band of tile rows (see fused_kernels._launched)
     program = (n * tl.num_programs(1) + band_row) * tl.num_programs(0) + tile_w
@@ -246,20 +255,23 @@ def attention_statistics_kernel(
 
     for h in range(heads):
         cols = h * head_width + j
-        # q, then k, then v through the one scratch tile; pixels outside the image count as 0
-        q = pointwise_depthwise(
-            normed_q, inside, wq_ptr, channels, dwq_ptr, cols, j_ok, channels, scratch,
-            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
-        )  # fmt: skip
-        k = pointwise_depthwise(
-            normed_kv, inside, wk_ptr, channels, dwk_ptr, cols, j_ok, channels, scratch,
-            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
-        )  # fmt: skip
+        # v, then q, then k through the one scratch tile; pixels outside the image count as 0.
+        # v is written first, so that it is not held with q and k.
         v = pointwise_depthwise(
-            normed_kv, inside, wv_ptr, channels, dwv_ptr, cols, j_ok, channels, scratch,
-            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, DOT_DTYPE, PRECISION, EMULATED,
+            normed_kv, inside, wv_ptr, channels, dwv_ptr, h * head_width, head_width, channels, scratch,
+            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
+        )  # fmt: skip
+        out = values_ptr + pixel[:, None] * channels + cols[None, :]
+        tl.store(out, v.to(values_ptr.dtype.element_ty), mask=inside_out[:, None] & j_ok[None, :])
+        q = pointwise_depthwise(
+            normed_q, inside, wq_ptr, channels, dwq_ptr, h * head_width, head_width, channels, scratch,
+            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
         q = tl.where(inside_out[:, None], q, 0.0)
+        k = pointwise_depthwise(
+            normed_kv, inside, wk_ptr, channels, dwk_ptr, h * head_width, head_width, channels, scratch,
+            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
+        )  # fmt: skip
         k = tl.where(inside_out[:, None], k, 0.0)
 
         gram = dot(operand(tl.trans(q), DOT_DTYPE, EMULATED), operand(k, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
@@ -268,5 +280,3 @@ def attention_statistics_kernel(
         tl.atomic_add(gram_ptr + g_offsets, gram, mask=j_ok[:, None] & j_ok[None, :], sem="relaxed")
         tl.atomic_add(q_sq_ptr + n * channels + cols, tl.sum(q * q, axis=0), mask=j_ok, sem="relaxed")
         tl.atomic_add(k_sq_ptr + n * channels + cols, tl.sum(k * k, axis=0), mask=j_ok, sem="relaxed")
-        out = values_ptr + pixel[:, None] * channels + cols[None, :]
-        tl.store(out, v.to(values_ptr.dtype.element_ty), mask=inside_out[:, None] & j_ok[None, :])

@@ -1,0 +1,169 @@
+"""The fused Triton kernels compiled for a GPU without one: registers, spills, shared memory.
+
+    python benchmarks/kernel_resources.py [--preset paper default] [--precision bf16]
+        [--arch 90] [--tiles default 6x14:8 ...] [--channels 48 96]
+
+Compiles each kernel of ``upfusion.model.fused_kernels`` that a preset runs (every Transformer
+block: MDTA's statistics and the GDFN that applies the attention; every TCPM: the cross-attention's
+statistics and its GDFN) at that block's width, with Triton's compiler for a CUDA architecture
+(90: H100; the default), and reads what ``ptxas`` (bundled with Triton) reports: registers per
+thread, bytes spilled to local memory, and the shared memory Triton allocates. No GPU is needed:
+this is how the kernels' tiles and warp counts were chosen while no GPU was lent.
+
+Spilled registers go to local memory, through the cache, on every use: a memory-bound kernel
+that spills loses the point of fusing. A program needs at most 255 registers per thread and
+227 KiB of shared memory on an H100, or the launch fails (``fused_kernels`` then falls back).
+Pointer arguments and the widths are specialized as Triton specializes them at run time (16-byte
+aligned pointers, multiples of 16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import subprocess
+import tempfile
+
+import torch
+
+from upfusion.model import fused_kernels
+from upfusion.model.blocks import TransformerBlock
+from upfusion.model.network import UPFusion
+from upfusion.model.tcpm import TCPM
+from upfusion.presets import PRESETS
+
+# variant: (its kernel in fused_kernels.default_config terms, SAME_INPUT or WITH_ATTENTION)
+VARIANTS = {
+    "mdta": ("attention", True),  # SAME_INPUT
+    "gdfn+attention": ("gdfn", True),  # WITH_ATTENTION
+    "cross-attention": ("attention", False),
+    "gdfn": ("gdfn", False),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TRITON_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+ALIGNED_INTS = {"height", "width", "channels", "hidden_padded", "head_width"}  # multiples of 16 in the presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    registers: int  # per thread
+    spill_stores: int  # bytes per thread
+    spill_loads: int
+    shared: int  # bytes per program
+
+
+def preset_variants(preset: str) -> list[tuple[str, int, int]]:
+    """(variant, channels, heads) of every fused kernel the preset's network runs, widest last."""
+    config = PRESETS[preset].replace(semantic_backbone=None)  # (the backbone runs no fused kernel)
+    with torch.device("meta"):
+        model = UPFusion(config)
+    found = set()
+    for module in model.modules():
+        if isinstance(module, TransformerBlock):
+            c, heads = module.norm1.body.weight.shape[0], module.attn.heads
+            found |= {("mdta", c, heads), ("gdfn+attention", c, heads)}
+        elif isinstance(module, TCPM):
+            c, heads = module.norm1.body.weight.shape[0], module.select_attn.heads
+            found |= {("cross-attention", c, heads), ("gdfn", c, heads)}
+    order = list(VARIANTS)
+    return sorted(found, key=lambda v: (v[1], v[2], order.index(v[0])))
+
+
+def compile_variant(
+    variant: str,
+    channels: int,
+    heads: int,
+    config: fused_kernels.KernelConfig,
+    compute: torch.dtype = torch.bfloat16,
+    arch: int = 90,
+) -> Resources:
+    """Compiles one kernel variant for ``sm_{arch}`` with the arguments ``fused_kernels`` passes
+    it (maps and weights in ``compute``, as in the network under autocast; fp32 otherwise)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    from upfusion.model import triton_kernels
+
+    kind, flag = VARIANTS[variant]
+    constants = fused_kernels.kernel_constants(channels, config, compute)
+    constants["EMULATED"] = False
+    num_warps = constants.pop("num_warps")
+    data = TRITON_NAMES[compute]
+    float32 = ("ln", "gram", "q_sq", "k_sq", "scratch")  # LayerNorm weights, sums, scratch
+    if kind == "gdfn":
+        kernel = triton_kernels.gdfn_residual_kernel
+        constants.update(SLICE=fused_kernels.HIDDEN_SLICE, WITH_ATTENTION=flag, OUT_DTYPE=constants["DOT_DTYPE"])
+        ints = {"height", "width", "channels", "hidden_padded", "tile_row0"}
+    else:
+        kernel = triton_kernels.attention_statistics_kernel
+        head_p = fused_kernels._next_power_of_2(channels // heads)
+        constants.update(HEAD_P=head_p, CHUNK=min(head_p, fused_kernels.PROJECTION_CHUNK), SAME_INPUT=flag)
+        ints = {"height", "width", "channels", "heads", "head_width", "tile_row0"}
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in ints:
+            signature[name] = "i32"
+        else:
+            signature[name] = "*fp32" if name.startswith(float32) else f"*{data}"
+    aligned = {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(kernel.arg_names)
+        if signature[name].startswith("*") or name in ALIGNED_INTS
+    }
+    compiled = triton.compile(
+        ASTSource(kernel, signature, constants, aligned), target=GPUTarget("cuda", arch, 32),
+        options=dict(num_warps=num_warps),
+    )  # fmt: skip
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
+        ptx.write(compiled.asm["ptx"])
+        ptx.flush()
+        command = [get_ptxas(arch).path, f"-arch=sm_{arch}a", "-v", ptx.name, "-o", "/dev/null"]
+        log = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return Resources(int(registers.group(1)), int(spills.group(1)), int(spills.group(2)), compiled.metadata.shared)
+
+
+def parse_config(text: str, channels: int, kind: str) -> fused_kernels.KernelConfig:
+    """``ROWSxCOLS:WARPS``, ``default:WARPS`` or ``default`` (the kernel's default config)."""
+    tile, _, warps = text.partition(":")
+    default = fused_kernels.default_config(channels, kind)
+    rows, cols = default.tile if tile == "default" else map(int, tile.split("x"))
+    return fused_kernels.KernelConfig((rows, cols), int(warps) if warps else default.num_warps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", nargs="+", default=["paper", "default"], choices=sorted(PRESETS))
+    parser.add_argument("--precision", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100)")
+    parser.add_argument("--tiles", nargs="+", default=["default"], help="ROWSxCOLS:WARPS configs to compare")
+    parser.add_argument("--channels", nargs="+", type=int, help="only the kernels of these widths")
+    args = parser.parse_args()
+    import triton
+
+    print(f"<!-- Triton {triton.__version__}, sm_{args.arch}, {args.precision} -->\n")
+    print("| preset | kernel | channels | heads | tile | warps | registers | spilled (bytes) | shared (KiB) |")
+    print("|---|---|---:|---:|---|---:|---:|---:|---:|")
+    for preset in args.preset:
+        for variant, channels, heads in preset_variants(preset):
+            if args.channels and channels not in args.channels:
+                continue
+            for text in args.tiles:
+                config = parse_config(text, channels, VARIANTS[variant][0])
+                found = compile_variant(variant, channels, heads, config, DTYPES[args.precision], args.arch)
+                tile = "x".join(map(str, config.tile)) + (" (default)" if text == "default" else "")
+                print(
+                    f"| {preset} | {variant} | {channels} | {heads} | {tile} | {config.num_warps} | "
+                    f"{found.registers} | {found.spill_stores} | {found.shared / 1024:.0f} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
