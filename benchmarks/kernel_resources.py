@@ -92,7 +92,7 @@ def compile_variant(
     constants["EMULATED"] = False
     num_warps = constants.pop("num_warps")
     data = TRITON_NAMES[compute]
-    float32 = ("ln", "gram", "q_sq", "k_sq", "scratch")  # LayerNorm weights, sums, scratch
+    float32 = ("ln", "dw", "gram", "q_sq", "k_sq", "scratch")  # LayerNorm weights, taps, sums, scratch
     if kind == "gdfn":
         kernel = triton_kernels.gdfn_residual_kernel
         constants.update(SLICE=fused_kernels.HIDDEN_SLICE, WITH_ATTENTION=flag, OUT_DTYPE=constants["DOT_DTYPE"])

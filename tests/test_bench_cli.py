@@ -150,6 +150,15 @@ def test_a_failing_configuration_is_reported_not_fatal():
     assert all(line.count("|") == lines[0].count("|") for line in lines)
 
 
+def test_fused_arithmetic_is_refused_in_fp32_on_a_gpu():
+    """In fp32 the fused kernels would not run (``fused_kernels.applies``): timing "fused" there
+    would time the inference kernels under the wrong name."""
+    from upfusion.benchmark import run_case
+
+    with pytest.raises(ValueError, match="'fused' runs in bf16 or fp16 on a GPU"):
+        run_case(BenchCase(device="cuda", precision="fp32", arithmetic="fused", height=16, width=16))
+
+
 def test_parse_size_is_width_by_height():
     assert parse_size("640x480") == (480, 640)
     with pytest.raises(ValueError):

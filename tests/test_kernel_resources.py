@@ -41,6 +41,6 @@ def test_default_tiles_fit_an_h100_without_spilling(variant: str, channels: int,
     config = fused_kernels.default_config(channels, kind)
     found = kernel_resources.compile_variant(variant, channels, heads, config)
     assert found.shared <= H100_SHARED
-    # at 384 channels (BLOCK_C 512) every tile spills a little; 8 bytes: Triton 3.6 spills two
-    # registers where 3.8 spills none
-    assert found.spill_stores <= (256 if channels > 256 else 8), found
+    # at 384 channels (BLOCK_C 512) every tile spills some; below, up to 16 bytes (four
+    # registers) spill at a few widths, which ones depending on the Triton version
+    assert found.spill_stores <= (256 if channels > 256 else 16), found

@@ -37,7 +37,7 @@ class BenchCase:
     device: str = "cpu"
     precision: str = "fp32"
     # "fast" (inference kernels), "plain" (the specification's formulas) or "fused" (fast, with the
-    # opt-in Triton kernels of ``upfusion.model.fused_kernels``: GPUs)
+    # opt-in Triton kernels of ``upfusion.model.fused_kernels``: GPUs, bf16 or fp16)
     arithmetic: str = "fast"
     tile: int | None = None  # tiled inference with this tile size
     overlap: int = 64
@@ -140,6 +140,8 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
 
     if case.arithmetic not in ARITHMETIC:
         raise ValueError(f"arithmetic must be one of {ARITHMETIC}, not {case.arithmetic!r}")
+    if case.arithmetic == "fused" and case.device.startswith("cuda") and case.precision == "fp32":
+        raise ValueError("arithmetic 'fused' runs in bf16 or fp16 on a GPU (in fp32 the inference kernels run)")
     if case.arithmetic == "fused" and not fused_kernels.available():
         raise ValueError("arithmetic 'fused' needs Triton and a CUDA GPU (or TRITON_INTERPRET=1 on the CPU)")
     if case.height % 8 or case.width % 8:

@@ -105,16 +105,17 @@ class KernelConfig:
 
 def default_config(channels: int, kernel: str = "gdfn") -> KernelConfig:
     """The tiles of ``kernel`` ("gdfn" or "attention") for maps of ``channels``: smaller for
-    wider maps. The largest tiles (the smallest halo share) at which neither kernel spills
-    registers when compiled for an H100 (``benchmarks/kernel_resources.py``, Triton 3.8); at 384
-    channels every tile spills some (84-144 bytes a thread at 2x6). Not yet timed on a GPU."""
+    wider maps. The largest tiles (the smallest halo share) at which the kernel spills no
+    registers, or a few (16 bytes at most), when compiled for an H100
+    (``benchmarks/kernel_resources.py``, Triton 3.6 and 3.8); at 384 channels every tile spills
+    some (24-220 bytes a thread at 2x6). Not yet timed on a GPU."""
     table = _GDFN_TILES if kernel == "gdfn" else _ATTENTION_TILES
     return KernelConfig(next(tile for widest, tile in table if channels <= widest))
 
 
 # (widest channels, output tile); 8 warps each
 _GDFN_TILES = ((64, (6, 14)), (256, (6, 6)), (MAX_CHANNELS, (2, 6)))
-_ATTENTION_TILES = ((64, (14, 14)), (256, (6, 14)), (MAX_CHANNELS, (2, 6)))
+_ATTENTION_TILES = ((64, (14, 14)), (128, (6, 14)), (MAX_CHANNELS, (2, 6)))
 
 
 class _Launch:
@@ -209,14 +210,15 @@ def _prepared_weights(
 
 
 def _gdfn_weights(norm: nn.Module, ffn: nn.Module, padded: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """LayerNorm weight and bias (float32); in ``dtype``: both halves of ``project_in`` as [C,
-    padded], both halves of the depth-wise taps as [padded, 9] and ``project_out`` as [padded, C]."""
+    """LayerNorm weight and bias and both halves of the depth-wise taps as [padded, 9] (float32:
+    with taps in bf16, TCPM's top-k picked unlike the inference kernels' in the bf16 test); in
+    ``dtype``: both halves of ``project_in`` as [C, padded] and ``project_out`` as [padded, C]."""
     hidden = ffn.project_out.in_channels
     w_in, dw = ffn.project_in.weight, ffn.dwconv.weight  # [2 hidden, C, 1, 1], [2 hidden, 1, 3, 3]
     return (
         norm.body.weight.float(), norm.body.bias.float(),
         _rows(w_in[:hidden], padded, dtype).t().contiguous(), _rows(w_in[hidden:], padded, dtype).t().contiguous(),
-        _rows(dw[:hidden], padded, dtype), _rows(dw[hidden:], padded, dtype),
+        _rows(dw[:hidden], padded, torch.float32), _rows(dw[hidden:], padded, torch.float32),
         _rows(ffn.project_out.weight.flatten(1).t(), padded, dtype),
     )  # fmt: skip
 
@@ -262,15 +264,15 @@ def gdfn_residual(
 def _attention_weights(
     norm_q: nn.Module, norm_kv: nn.Module, w_q, dw_q, w_kv, dw_kv, dtype: torch.dtype
 ) -> tuple[torch.Tensor, ...]:
-    """The two LayerNorms' weights and biases (float32); in ``dtype``: q, k and v's 1x1 weights as
-    [C, C] (input-major) and their depth-wise taps as [C, 9] (``w_kv``, ``dw_kv``: k's channels,
-    then v's)."""
+    """The two LayerNorms' weights and biases and q, k and v's depth-wise taps as [C, 9] (float32,
+    see ``_gdfn_weights``); q, k and v's 1x1 weights as [C, C] (input-major) in ``dtype``
+    (``w_kv``, ``dw_kv``: k's channels, then v's)."""
     c = w_q.shape[0]
     return (
         norm_q.body.weight.float(), norm_q.body.bias.float(), norm_kv.body.weight.float(), norm_kv.body.bias.float(),
         _rows(w_q, c, dtype).t().contiguous(), _rows(w_kv[:c], c, dtype).t().contiguous(),
         _rows(w_kv[c:], c, dtype).t().contiguous(),
-        _rows(dw_q, c, dtype), _rows(dw_kv[:c], c, dtype), _rows(dw_kv[c:], c, dtype),
+        _rows(dw_q, c, torch.float32), _rows(dw_kv[:c], c, torch.float32), _rows(dw_kv[c:], c, torch.float32),
     )  # fmt: skip
 
 
