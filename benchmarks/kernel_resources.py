@@ -82,7 +82,7 @@ def compile_variant(
     it (maps and weights in ``compute``, as in the network under autocast; fp32 otherwise)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
     from triton.compiler import ASTSource
 
     from upfusion.model import triton_kernels
@@ -122,7 +122,7 @@ def compile_variant(
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
         ptx.write(compiled.asm["ptx"])
         ptx.flush()
-        command = [get_ptxas(arch).path, f"-arch=sm_{arch}a", "-v", ptx.name, "-o", "/dev/null"]
+        command = [get_ptxas(arch).path, f"-arch={sm_arch_from_capability(arch)}", "-v", ptx.name, "-o", "/dev/null"]
         log = subprocess.run(command, capture_output=True, text=True, check=True).stderr
     registers = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
