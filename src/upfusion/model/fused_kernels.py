@@ -81,10 +81,10 @@ def applies(x: torch.Tensor) -> bool:
     fp16 autocast, or on the CPU in Triton's interpreter (any precision: the tests check the
     kernels' arithmetic in fp32 there).
 
-    Not in fp32 on a GPU: without half-precision tensor-core products the kernels spill 1-90 KB
-    of registers a thread and the attention kernel's tiles need 256-512 KiB of shared memory
-    (an H100 has 227; ``benchmarks/kernel_resources.py --precision fp32``), so fp32 stays with
-    the inference kernels."""
+    Not in fp32 on a GPU: without half-precision tensor-core products the kernels spill 0.8 to
+    92 KB of registers a thread, and the attention kernel's tiles need 132 to 320 KiB of shared
+    memory (an H100 has 227; ``benchmarks/kernel_resources.py --precision fp32``), so fp32
+    stays with the inference kernels."""
     if not _enabled or x.shape[1] > MAX_CHANNELS or x.shape[1] in _too_wide or torch.compiler.is_compiling():
         return False
     if x.is_cuda:
