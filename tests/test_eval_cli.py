@@ -209,11 +209,19 @@ def test_size_mismatch_and_16_bit(folders, capsys) -> None:
 def test_bad_options(folders, capsys) -> None:
     _assert_error(capsys, _args(folders, "--metrics", "SSIM,NOPE"), "unknown metric 'NOPE'")
     _assert_error(capsys, _args(folders, "--workers", "0"), "--workers")
+    (folders["out"] / "file").write_text("")
     _assert_error(
         capsys,
-        _args(folders, "--metrics", "EN", "--json", str(folders["out"] / "no" / "x.json")),
-        "does not exist",
+        _args(folders, "--metrics", "EN", "--json", str(folders["out"] / "file" / "x.json")),
+        "cannot make folder",
     )
+
+
+def test_outputs_go_into_new_folders(folders) -> None:
+    js, table = folders["out"] / "new" / "m.json", folders["out"] / "other" / "deeper" / "m.csv"
+    assert main(_args(folders, "--metrics", "EN", "--workers", "1", "--json", str(js), "--csv", str(table))) == 0
+    assert json.loads(js.read_text())["metrics"] == ["EN"]
+    assert table.read_text().splitlines()[0].startswith("stem")
 
 
 def test_outputs_replace_existing_files(folders, capsys) -> None:

@@ -69,9 +69,13 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_folders
 
     for option, target in (("--json", args.json), ("--csv", args.csv)):
-        # Checked before scoring, so that a long run does not fail at its end.
-        if target and not Path(target).resolve().parent.is_dir():
-            raise UpfusionError(f"{option} {target}: folder {Path(target).parent} does not exist")
+        # Their folders are made before scoring, so that a long run does not fail at its end.
+        if target:
+            folder = Path(target).resolve().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise UpfusionError(f"{option} {target}: cannot make folder {folder} ({error.strerror})") from None
     result = evaluate_folders(
         args.a,
         args.b,
