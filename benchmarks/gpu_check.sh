@@ -112,14 +112,20 @@ fi
 
 if section fused; then
     # the Triton kernels of upfusion.model.fused_kernels (each block's MDTA pass and its GDFN as
-    # one kernel each): their CUDA tests, stage by stage, then whole networks fast vs fused
+    # one kernel each): their CUDA tests, the case (paper preset, batch 8) fast vs fused,
+    # stage by stage with spilling and spill-free tiles, then the other cases
     log "fused Triton kernels: CUDA tests"
-    run timeout 240 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
+    run timeout 180 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
+    log "fused vs fast arithmetic, eager, paper preset, bf16, batch 8"
+    run timeout 200 "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 \
+        --arithmetic fast fused --batch 8 --runs 10 --warmup 2 --timeout 120 --json "$OUT/bench_fused_paper8.json"
     log "stage by stage: fused kernels (tiles, warps) vs inference kernels, bf16, batch 8"
     run timeout 240 "$PY" benchmarks/bench_fused_stages.py --batch 8 --precision bf16
-    log "fused vs fast arithmetic, eager, paper and default presets, bf16, batch 1 and 8"
-    run timeout 300 "$PY" -m upfusion bench --device cuda --preset paper default --size 640x480 --precision bf16 \
-        --arithmetic fast fused --batch 1 8 --runs 10 --warmup 2 --timeout 120 --json "$OUT/bench_fused.json"
+    log "fused vs fast arithmetic, eager, paper batch 1, default weights batch 1 and 8, bf16"
+    run timeout 200 "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 \
+        --arithmetic fast fused --batch 1 --runs 10 --warmup 2 --timeout 120 --json "$OUT/bench_fused_paper1.json"
+    run timeout 200 "$PY" -m upfusion bench --device cuda --preset default --size 640x480 --precision bf16 \
+        --arithmetic fast fused --batch 1 8 --runs 10 --warmup 2 --timeout 120 --json "$OUT/bench_fused_default.json"
 fi
 
 if section compile-model; then
