@@ -95,7 +95,9 @@ def compile_variant(
     float32 = ("ln", "dw", "gram", "q_sq", "k_sq", "scratch")  # LayerNorm weights, taps, sums, scratch
     if kind == "gdfn":
         kernel = triton_kernels.gdfn_residual_kernel
-        constants.update(SLICE=fused_kernels.HIDDEN_SLICE, WITH_ATTENTION=flag, OUT_DTYPE=constants["DOT_DTYPE"])
+        constants.update(
+            SLICE=fused_kernels.hidden_slice(channels), WITH_ATTENTION=flag, OUT_DTYPE=constants["DOT_DTYPE"]
+        )
         ints = {"height", "width", "channels", "hidden_padded", "tile_row0"}
     else:
         kernel = triton_kernels.attention_statistics_kernel

@@ -158,9 +158,10 @@ def differences(fused: torch.Tensor, fast: torch.Tensor, reference: torch.Tensor
     }
 
 
-# The four default tile shapes (48 channels: 14x14 tiles; 96: 6x14; 192: 4x6; 384: 2x6), 1 to 8
-# heads, hidden widths 127 to 1021 (padded to slices of 32), sizes that leave partial tiles at
-# the right and bottom edges, two samples.
+# The default tiles at four widths (GDFN: 6x14 at 48 channels, 6x6 at 96 and 192, 2x6 at 384;
+# attention: 14x14, 6x14, 2x6, 2x6), 1 to 8 heads, hidden widths 127 to 1021 (padded to slices
+# of 32, of 16 at 384 channels), sizes that leave partial tiles at the right and bottom edges,
+# two samples.
 CASES = [(48, 1, (20, 33)), (96, 2, (9, 17)), (192, 4, (7, 13)), (384, 8, (5, 9))]
 STAGES = ["mdta", "gdfn", "block", "tcpm"]
 FP32 = [f"{stage} {c} {heads} {h}x{w} fp32" for stage in STAGES[:2] for c, heads, (h, w) in CASES]

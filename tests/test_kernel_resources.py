@@ -43,4 +43,4 @@ def test_default_tiles_fit_an_h100_without_spilling(variant: str, channels: int,
     assert found.shared <= H100_SHARED
     # at 384 channels (BLOCK_C 512) every tile spills some; below, up to 16 bytes (four
     # registers) spill at a few widths, which ones depending on the Triton version
-    assert found.spill_stores <= (256 if channels > 256 else 16), found
+    assert found.spill_stores <= (128 if channels > 256 else 16), found

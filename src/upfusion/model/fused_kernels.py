@@ -43,7 +43,6 @@ _too_wide: set[int] = set()  # channel widths whose kernels do not fit this GPU 
 # The widest map the kernels take (the paper preset's latent level): the LayerNorm tile of
 # [halo pixels, channels] is held whole.
 MAX_CHANNELS = 512
-HIDDEN_SLICE = 32  # hidden channels per step
 PROJECTION_CHUNK = 32  # the attention kernel's projections are made this many columns at a time
 SCRATCH_BYTES = 64 << 20  # the most scratch one launch gets (its tiles' depth-wise inputs)
 
@@ -103,12 +102,19 @@ class KernelConfig:
     num_warps: int = 8
 
 
+def hidden_slice(channels: int) -> int:
+    """The hidden channels the GDFN kernel takes per step for maps of ``channels``: 16 above 256
+    channels, where 32 spilled 144-220 bytes of registers a thread when compiled for an H100
+    (52-60 with 16: ``benchmarks/kernel_resources.py``), else 32."""
+    return 16 if channels > 256 else 32
+
+
 def default_config(channels: int, kernel: str = "gdfn") -> KernelConfig:
     """The tiles of ``kernel`` ("gdfn" or "attention") for maps of ``channels``: smaller for
     wider maps. The largest tiles (the smallest halo share) at which the kernel spills no
     registers, or a few (16 bytes at most), when compiled for an H100
     (``benchmarks/kernel_resources.py``, Triton 3.6 and 3.8); at 384 channels every tile spills
-    some (24-220 bytes a thread at 2x6). Not yet timed on a GPU."""
+    some (24-80 bytes a thread at 2x6). Not yet timed on a GPU."""
     table = _GDFN_TILES if kernel == "gdfn" else _ATTENTION_TILES
     return KernelConfig(next(tile for widest, tile in table if channels <= widest))
 
@@ -240,9 +246,10 @@ def gdfn_residual(
     from .triton_kernels import gdfn_residual_kernel
 
     n, c, height, width = x.shape
-    launch = _Launch(x, config or _config or default_config(c, "gdfn"), HIDDEN_SLICE)
+    step = hidden_slice(c)
+    launch = _Launch(x, config or _config or default_config(c, "gdfn"), step)
     x = x.contiguous(memory_format=torch.channels_last)
-    padded = -(-ffn.project_out.in_channels // HIDDEN_SLICE) * HIDDEN_SLICE
+    padded = -(-ffn.project_out.in_channels // step) * step
     weights = _prepared_weights(
         ffn, (norm, ffn), launch.compute, lambda: _gdfn_weights(norm, ffn, padded, launch.compute)
     )
@@ -256,7 +263,7 @@ def gdfn_residual(
     out = torch.empty(n, c, height, width, dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
     launched = _launched(
         gdfn_residual_kernel, launch, x, values, matrix_t, out, launch.scratch, *weights, height, width, c, padded,
-        SLICE=HIDDEN_SLICE, WITH_ATTENTION=attention is not None, OUT_DTYPE=_triton_dtype(out_dtype),
+        SLICE=step, WITH_ATTENTION=attention is not None, OUT_DTYPE=_triton_dtype(out_dtype),
     )  # fmt: skip
     return out if launched else None
 
