@@ -96,7 +96,8 @@ class KernelConfig:
     """How a kernel cuts the map: output tiles of ``tile`` (rows, columns), whose halo tile,
     (rows + 2) x (columns + 2), is padded to a power of two; ``num_warps`` per program.
 
-    Untuned: no GPU has timed them yet (``benchmarks/bench_fused_stages.py`` sweeps them)."""
+    The defaults (``default_config``) are chosen by compiling, not by timing: no GPU has run the
+    kernels yet (``benchmarks/bench_fused_stages.py`` times other choices on one)."""
 
     tile: tuple[int, int]
     num_warps: int = 8
