@@ -147,7 +147,11 @@ def main() -> None:
     parser.add_argument("--tiles", nargs="+", default=["default"], help="ROWSxCOLS:WARPS configs to compare")
     parser.add_argument("--channels", nargs="+", type=int, help="only the kernels of these widths")
     args = parser.parse_args()
-    import triton
+    try:
+        import triton
+        from triton.backends.nvidia.compiler import get_ptxas  # noqa: F401  (the CUDA backend)
+    except ImportError as error:
+        parser.exit(1, f"kernel_resources.py: needs Triton with its CUDA backend ({error})\n")
 
     print(f"<!-- Triton {triton.__version__}, sm_{args.arch}, {args.precision} -->\n")
     print("| preset | kernel | channels | heads | tile | warps | registers | spilled (bytes) | shared (KiB) |")
