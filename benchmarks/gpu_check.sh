@@ -126,6 +126,10 @@ if section fused; then
         --arithmetic fast fused --batch 1 --runs 10 --warmup 2 --timeout 120 --json "$OUT/bench_fused_paper1.json"
     run timeout 200 "$PY" -m upfusion bench --device cuda --preset default --size 640x480 --precision bf16 \
         --arithmetic fast fused --batch 1 8 --runs 10 --warmup 2 --timeout 120 --json "$OUT/bench_fused_default.json"
+    log "fused kernels inside the compiled model (the rest of the network compiled around them), paper, batch 8"
+    run "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 --arithmetic fused \
+        --batch 8 --compile model --runs 10 --warmup 3 --timeout "${COMPILE_SECONDS:-300}" \
+        --json "$OUT/bench_fused_compiled.json"
 fi
 
 if section compile-model; then

@@ -124,6 +124,34 @@ def network_errors(device: str, precision: str) -> dict[str, float]:
     return differences(fused, fast, reference)
 
 
+def compiled_network_errors() -> dict[str, float]:
+    """The bundled weights' preset under ``torch.compile`` with the kernels on (fp32, CPU, a 40x56
+    pair), against the inference kernels uncompiled; and how many kernel launches ran. Dynamo
+    with its eager backend: what is tested is that the kernels run, as graph breaks, inside a
+    compiled model, not the compiler's code generation (minutes on a CPU)."""
+    from upfusion.inference import inference_context
+    from upfusion.model import TCPM, fused_kernels
+    from upfusion.model.blocks import TransformerBlock
+    from upfusion.presets import build_model
+
+    torch.manual_seed(0)
+    model = build_model("default").eval()
+    text = torch.randn(1, model.config.text_dim)
+    a, b = torch.rand(1, 1, 40, 56), torch.rand(1, 1, 40, 56)
+    with inference_context("cpu", "fp32"):
+        reference = model(a, b, text)
+    compiled = torch.compile(model, backend="eager", dynamic=False)
+    launches = mock.patch.object(fused_kernels, "_launched", wraps=fused_kernels._launched)
+    fused_kernels.set_fused_kernels(True)
+    try:
+        with launches as launched, inference_context("cpu", "fp32"):
+            out = compiled(a, b, text)
+    finally:
+        fused_kernels.set_fused_kernels(False)
+    stages = sum(isinstance(m, (TransformerBlock, TCPM)) for m in model.modules())
+    return {"fused_max": (out - reference).abs().max().item(), "launches": launched.call_count, "stages": stages}
+
+
 def weights_changed_errors(device: str, precision: str) -> dict[str, float]:
     """A block after its weights changed in place since the kernels' last call (the kernels'
     weight layouts are cached), in ``precision``: differences from the fp32 plain arithmetic."""
@@ -176,7 +204,7 @@ HALF = [f"{stage} 48 1 20x33 {precision}" for stage in STAGES for precision in (
 def interpreted() -> dict[str, dict]:
     """Every check of this file in Triton's interpreter, in one fresh process (one import of torch)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    checks = [*FP32, *OTHER_TILES, *HALF, "network", "weights"]
+    checks = [*FP32, *OTHER_TILES, *HALF, "network", "weights", "compiled"]
     proc = subprocess.run([sys.executable, __file__, *checks], env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.splitlines()[-1])
@@ -212,6 +240,14 @@ def test_fused_stage_in_half_precision_is_as_close_as_the_inference_kernels(inte
     errors = result(interpreted, check)
     assert errors["fused_mean"] < 1.5 * errors["fast_mean"], errors
     assert errors["fused_max"] < 3 * errors["fast_max"], errors
+
+
+def test_fused_kernels_run_inside_a_compiled_model(interpreted):
+    """Under ``torch.compile`` the kernels' entry points are graph breaks: every Restormer block
+    and TCPM of the bundled preset launches both kernels (once each at this size)."""
+    errors = result(interpreted, "compiled")
+    assert errors["fused_max"] < 1e-4, errors
+    assert errors["launches"] == 2 * errors["stages"], errors
 
 
 def test_fused_network_equals_fast_path(interpreted):
@@ -298,7 +334,8 @@ def test_fused_kernels_leave_fp32_on_cuda_to_the_inference_kernels():
 
 
 def run_check(check: str) -> dict:
-    """``mdta|gdfn C HEADS HxW PRECISION [TILE [banded]]``, ``network`` or ``weights``, on the CPU."""
+    """``mdta|gdfn C HEADS HxW PRECISION [TILE [banded]]``, ``network``, ``weights`` or
+    ``compiled``, on the CPU."""
     from upfusion.model import fused_kernels
 
     what, *rest = check.split()
@@ -313,6 +350,8 @@ def run_check(check: str) -> dict:
             return stage_errors(what, int(c), int(heads), (height, width), precision, "cpu", tile)
         finally:
             fused_kernels.SCRATCH_BYTES = scratch_bytes
+    if what == "compiled":
+        return compiled_network_errors()
     return network_errors("cpu", "fp32") if what == "network" else weights_changed_errors("cpu", "fp32")
 
 

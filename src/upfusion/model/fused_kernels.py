@@ -83,12 +83,20 @@ def applies(x: torch.Tensor) -> bool:
     Not in fp32 on a GPU: without half-precision tensor-core products the kernels spill 0.8 to
     92 KB of registers a thread, and the attention kernel's tiles need 132 to 320 KiB of shared
     memory (an H100 has 227; ``benchmarks/kernel_resources.py --precision fp32``), so fp32
-    stays with the inference kernels."""
-    if not _enabled or x.shape[1] > MAX_CHANNELS or x.shape[1] in _too_wide or torch.compiler.is_compiling():
+    stays with the inference kernels.
+
+    Under ``torch.compile`` too: the kernels' entry points are left out of the graph
+    (``torch.compiler.disable``), so the compiler fuses the rest of the network around them;
+    not while exporting (ONNX)."""
+    if not _enabled or x.shape[1] > MAX_CHANNELS or x.shape[1] in _too_wide or _exporting():
         return False
     if x.is_cuda:
         return torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in (torch.bfloat16, torch.float16)
     return interpreting() and x.device.type == "cpu"
+
+
+def _exporting() -> bool:
+    return getattr(torch.compiler, "is_exporting", lambda: False)()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +238,7 @@ def _gdfn_weights(norm: nn.Module, ffn: nn.Module, padded: int, dtype: torch.dty
     )  # fmt: skip
 
 
+@torch.compiler.disable  # a graph break: the kernels run as they are (see applies)
 def gdfn_residual(
     norm: nn.Module,
     ffn: nn.Module,
@@ -316,6 +325,7 @@ def _attention_statistics(
     return values if launched else None
 
 
+@torch.compiler.disable  # a graph break: the kernels run as they are (see applies)
 def mdta_statistics(
     norm: nn.Module,
     attn: nn.Module,
@@ -338,6 +348,7 @@ def mdta_statistics(
     return _attention_statistics(attn, (norm, attn), make_weights, x, None, attn.heads, gram, q_sq, k_sq, config)
 
 
+@torch.compiler.disable  # a graph break: the kernels run as they are (see applies)
 def cross_attention_statistics(
     tcpm: nn.Module,
     query: torch.Tensor,
