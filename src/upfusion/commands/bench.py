@@ -23,9 +23,9 @@ arithmetic: "fast" is what `upfusion fuse` runs (inference kernels: channels-las
 folded attention); "plain" computes the specification's formulas literally (the reference
 arithmetic); both give the same result to ~1e-6. "fused" is "fast" with each Restormer block's
 attention pass and its feed-forward as one Triton kernel each: GPUs only, in bf16 or fp16,
-opt-in until timed there (with --compile, the rest of the network is compiled around them). precision: fp32, bf16 or fp16 (autocast; fp16 on CUDA only). Speed does not depend on
-the weights, so presets run with their random initialisation unless --weights names a
-checkpoint.
+opt-in until timed there (with --compile, the rest of the network is compiled around them).
+precision: fp32, bf16 or fp16 (autocast; fp16 on CUDA only). Speed does not depend on the
+weights, so presets run with their random initialisation unless --weights names a checkpoint.
 """
 
 EPILOG = """\
