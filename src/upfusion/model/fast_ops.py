@@ -153,8 +153,7 @@ def depthwise3x3_shifted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def compiling_for_speed() -> bool:
     """Inside ``torch.compile``, but not ``torch.export`` (ONNX export keeps the convolution)."""
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return torch.compiler.is_compiling() and not exporting
+    return torch.compiler.is_compiling() and not fused_kernels.exporting()
 
 
 def depthwise3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

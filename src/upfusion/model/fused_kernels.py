@@ -88,14 +88,15 @@ def applies(x: torch.Tensor) -> bool:
     Under ``torch.compile`` too: the kernels' entry points are left out of the graph
     (``torch.compiler.disable``), so the compiler fuses the rest of the network around them;
     not while exporting (ONNX)."""
-    if not _enabled or x.shape[1] > MAX_CHANNELS or x.shape[1] in _too_wide or _exporting():
+    if not _enabled or x.shape[1] > MAX_CHANNELS or x.shape[1] in _too_wide or exporting():
         return False
     if x.is_cuda:
         return torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in (torch.bfloat16, torch.float16)
     return interpreting() and x.device.type == "cpu"
 
 
-def _exporting() -> bool:
+def exporting() -> bool:
+    """Inside ``torch.export`` (ONNX export); False on PyTorch versions without the query."""
     return getattr(torch.compiler, "is_exporting", lambda: False)()
 
 
