@@ -254,22 +254,23 @@ def attention_statistics_kernel(
     j_ok = j < head_width
 
     for h in range(heads):
-        cols = h * head_width + j
+        col0 = h * head_width
+        cols = col0 + j
         # v, then q, then k through the one scratch tile; pixels outside the image count as 0.
         # v is written first, so that it is not held with q and k.
         v = pointwise_depthwise(
-            normed_kv, inside, wv_ptr, channels, dwv_ptr, h * head_width, head_width, channels, scratch,
+            normed_kv, inside, wv_ptr, channels, dwv_ptr, col0, head_width, channels, scratch,
             BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
         out = values_ptr + pixel[:, None] * channels + cols[None, :]
         tl.store(out, v.to(values_ptr.dtype.element_ty), mask=inside_out[:, None] & j_ok[None, :])
         q = pointwise_depthwise(
-            normed_q, inside, wq_ptr, channels, dwq_ptr, h * head_width, head_width, channels, scratch,
+            normed_q, inside, wq_ptr, channels, dwq_ptr, col0, head_width, channels, scratch,
             BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
         q = tl.where(inside_out[:, None], q, 0.0)
         k = pointwise_depthwise(
-            normed_kv, inside, wk_ptr, channels, dwk_ptr, h * head_width, head_width, channels, scratch,
+            normed_kv, inside, wk_ptr, channels, dwk_ptr, col0, head_width, channels, scratch,
             BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
         )  # fmt: skip
         k = tl.where(inside_out[:, None], k, 0.0)
