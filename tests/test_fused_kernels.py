@@ -96,17 +96,24 @@ def stage_errors(
     return errors
 
 
-def network_errors(device: str, precision: str) -> dict[str, float]:
-    """The bundled weights' preset on a 40x56 pair, in ``precision``, with the kernels ("fused")
-    and without ("fast"): their differences from the fp32 inference kernels."""
-    from upfusion.inference import inference_context
-    from upfusion.model import fast_ops, fused_kernels
+def bundled_model_and_pair(device: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bundled weights' preset (random initialisation, seed 0), a random 40x56 pair and a text embedding."""
     from upfusion.presets import build_model
 
     torch.manual_seed(0)
     model = build_model("default").eval().to(device)
     text = torch.randn(1, model.config.text_dim, device=device)
     a, b = torch.rand(1, 1, 40, 56, device=device), torch.rand(1, 1, 40, 56, device=device)
+    return model, a, b, text
+
+
+def network_errors(device: str, precision: str) -> dict[str, float]:
+    """The bundled weights' preset on a 40x56 pair, in ``precision``, with the kernels ("fused")
+    and without ("fast"): their differences from the fp32 inference kernels."""
+    from upfusion.inference import inference_context
+    from upfusion.model import fast_ops, fused_kernels
+
+    model, a, b, text = bundled_model_and_pair(device)
     with inference_context(device, "fp32"):
         reference = model(a, b, text).float()
     calls = mock.patch.object(fused_kernels, "gdfn_residual", wraps=fused_kernels.gdfn_residual)
@@ -132,12 +139,8 @@ def compiled_network_errors() -> dict[str, float]:
     from upfusion.inference import inference_context
     from upfusion.model import TCPM, fused_kernels
     from upfusion.model.blocks import TransformerBlock
-    from upfusion.presets import build_model
 
-    torch.manual_seed(0)
-    model = build_model("default").eval()
-    text = torch.randn(1, model.config.text_dim)
-    a, b = torch.rand(1, 1, 40, 56), torch.rand(1, 1, 40, 56)
+    model, a, b, text = bundled_model_and_pair("cpu")
     with inference_context("cpu", "fp32"):
         reference = model(a, b, text)
     compiled = torch.compile(model, backend="eager", dynamic=False)
