@@ -43,6 +43,7 @@ VARIANTS = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TRITON_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 ALIGNED_INTS = {"height", "width", "channels", "hidden_padded", "head_width"}  # multiples of 16 in the presets
+TILING = ("tile_columns", "tile_rows", "tiles")  # the kernels' last integer arguments (fused_kernels._Launch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,18 +93,18 @@ def compile_variant(
     constants["EMULATED"] = False
     num_warps = constants.pop("num_warps")
     data = TRITON_NAMES[compute]
-    float32 = ("ln", "dw", "gram", "q_sq", "k_sq", "scratch")  # LayerNorm weights, taps, sums, scratch
+    float32 = ("ln", "dw", "gram", "q_sq", "k_sq")  # LayerNorm weights, taps, sums
     if kind == "gdfn":
         kernel = triton_kernels.gdfn_residual_kernel
         constants.update(
             SLICE=fused_kernels.hidden_slice(channels), WITH_ATTENTION=flag, OUT_DTYPE=constants["DOT_DTYPE"]
         )
-        ints = {"height", "width", "channels", "hidden_padded", "tile_row0"}
+        ints = {"height", "width", "channels", "hidden_padded", *TILING}
     else:
         kernel = triton_kernels.attention_statistics_kernel
         head_p = fused_kernels._next_power_of_2(channels // heads)
         constants.update(HEAD_P=head_p, CHUNK=min(head_p, fused_kernels.PROJECTION_CHUNK), SAME_INPUT=flag)
-        ints = {"height", "width", "channels", "heads", "head_width", "tile_row0"}
+        ints = {"height", "width", "channels", "heads", "head_width", *TILING}
     signature = {}
     for name in kernel.arg_names:
         if name in constants:

@@ -198,7 +198,7 @@ STAGES = ["mdta", "gdfn", "block", "tcpm"]
 FP32 = [f"{stage} {c} {heads} {h}x{w} fp32" for stage in STAGES[:2] for c, heads, (h, w) in CASES]
 FP32 += [f"{stage} {c} {heads} {h}x{w} fp32" for stage in STAGES[2:] for c, heads, (h, w) in (CASES[0], CASES[-1])]
 OTHER_TILES = [
-    f"{stage} 48 1 20x33 fp32 5x7{banded}" for stage in ("mdta", "gdfn", "tcpm") for banded in ("", " banded")
+    f"{stage} 48 1 20x33 fp32 5x7 {programs}" for stage in ("mdta", "gdfn", "tcpm") for programs in (1, 3, 1000)
 ]
 HALF = [f"{stage} 48 1 20x33 {precision}" for stage in STAGES for precision in ("bf16", "fp16")]
 
@@ -226,8 +226,8 @@ def test_fused_stage_equals_plain_in_fp32(interpreted, check):
 
 @pytest.mark.parametrize("check", OTHER_TILES)
 def test_fused_stage_with_other_tiles(interpreted, check):
-    """5x7 output tiles: halo tiles (7x9) and output tiles padded to 64 pixels, many tiles; and
-    ("banded") one launch per row of tiles, as large maps get (their scratch is bounded)."""
+    """5x7 output tiles: halo tiles (7x9) and output tiles padded to 64 pixels, 40 tiles, taken
+    by one program (all of them through one scratch tile), by 3 (unequal shares) or one each."""
     errors = result(interpreted, check)
     assert errors["fused_max"] < 1e-4, errors
 
@@ -337,8 +337,8 @@ def test_fused_kernels_leave_fp32_on_cuda_to_the_inference_kernels():
 
 
 def run_check(check: str) -> dict:
-    """``mdta|gdfn C HEADS HxW PRECISION [TILE [banded]]``, ``network``, ``weights`` or
-    ``compiled``, on the CPU."""
+    """``mdta|gdfn|block|tcpm C HEADS HxW PRECISION [TILE [PROGRAMS]]``, ``network``, ``weights`` or
+    ``compiled``, on the CPU (PROGRAMS: how many programs a launch starts)."""
     from upfusion.model import fused_kernels
 
     what, *rest = check.split()
@@ -346,13 +346,9 @@ def run_check(check: str) -> dict:
         c, heads, size, precision = rest[:4]
         tile = tuple(map(int, rest[4].split("x"))) if len(rest) > 4 else None
         height, width = map(int, size.split("x"))
-        scratch_bytes = fused_kernels.SCRATCH_BYTES
-        if rest[5:] == ["banded"]:
-            fused_kernels.SCRATCH_BYTES = 1  # one tile row a launch
-        try:
+        programs = int(rest[5]) if len(rest) > 5 else fused_kernels.INTERPRETER_PROGRAMS
+        with mock.patch.object(fused_kernels, "INTERPRETER_PROGRAMS", programs):
             return stage_errors(what, int(c), int(heads), (height, width), precision, "cpu", tile)
-        finally:
-            fused_kernels.SCRATCH_BYTES = scratch_bytes
     if what == "compiled":
         return compiled_network_errors()
     return network_errors("cpu", "fp32") if what == "network" else weights_changed_errors("cpu", "fp32")

@@ -44,7 +44,11 @@ _too_wide: set[int] = set()  # channel widths whose kernels do not fit this GPU 
 # [halo pixels, channels] is held whole.
 MAX_CHANNELS = 512
 PROJECTION_CHUNK = 32  # the attention kernel's projections are made this many columns at a time
-SCRATCH_BYTES = 64 << 20  # the most scratch one launch gets (its tiles' depth-wise inputs)
+# Programs a launch starts (see _Launch): this many per multiprocessor on a GPU (the kernels use
+# 180-255 registers a thread at 8 warps, so one or two fit at a time); a few in the interpreter,
+# so that the tests see programs take several tiles.
+PROGRAMS_PER_SM = 2
+INTERPRETER_PROGRAMS = 3
 
 
 def set_fused_kernels(enabled: bool, config: KernelConfig | None = None) -> None:
@@ -136,11 +140,18 @@ _ATTENTION_TILES = ((64, (14, 14)), (128, (6, 14)), (MAX_CHANNELS, (2, 6)))
 
 class _Launch:
     """What both kernels need for a map ``x`` [N, C, H, W]: its tiling, the arithmetic's dtypes,
-    and float32 scratch of ``scratch_columns`` values per halo pixel for each program of one launch.
+    and scratch of ``scratch_columns`` values per halo pixel for each program.
 
     Computes in the autocast dtype when autocast is on (bf16 or fp16 products, float32 sums),
-    else in float32 (TF32 off; only in Triton's interpreter: see ``applies``). A launch covers as many
-    tile rows as keep its scratch within SCRATCH_BYTES (one 4K map has ~40,000 tiles).
+    else in float32 (TF32 off; only in Triton's interpreter: see ``applies``).
+
+    One launch of a few programs per multiprocessor, each taking every ``programs``-th tile (a
+    persistent grid), rather than one program per tile: each program's scratch (its tile's
+    depth-wise inputs, in the compute dtype) is reused tile after tile, so all of it, a few MB,
+    stays in the GPU's L2 cache. With a scratch tile per output tile (as before 2026-11-27), the
+    paper preset's kernels wrote 7 MB to 1.9 GB of float32 scratch per call on a 640x480 batch of
+    8, up to 4 times the map itself (MDTA at 96 channels, full resolution: 1.9 GB against 0.47
+    GB), more than the cache holds, so it went back to memory as well.
     """
 
     def __init__(self, x: torch.Tensor, config: KernelConfig, scratch_columns: int) -> None:
@@ -151,10 +162,14 @@ class _Launch:
         tile_h, tile_w = config.tile
         self.constants = kernel_constants(c, config, self.compute)
         columns, rows = -(-width // tile_w), -(-height // tile_h)
-        self.tiles = (columns, rows, n)
+        self.tiles = (columns, rows, columns * rows * n)  # the kernels' tile_columns, tile_rows, tiles
+        if x.is_cuda:
+            slots = torch.cuda.get_device_properties(x.device).multi_processor_count * PROGRAMS_PER_SM
+        else:
+            slots = INTERPRETER_PROGRAMS
+        self.programs = min(self.tiles[2], slots)
         per_program = self.constants["HALO_P"] * scratch_columns
-        self.band = max(1, min(rows, SCRATCH_BYTES // (4 * per_program * columns * n)))  # tile rows a launch
-        self.scratch = torch.empty(columns * self.band * n * per_program, dtype=torch.float32, device=x.device)
+        self.scratch = torch.empty(self.programs * per_program, dtype=self.compute, device=x.device)
 
 
 def kernel_constants(channels: int, config: KernelConfig, compute: torch.dtype) -> dict:
@@ -177,16 +192,13 @@ def _triton_dtype(dtype: torch.dtype):
 
 
 def _launched(kernel, launch: _Launch, x: torch.Tensor, *args, **constants) -> bool:
-    """Runs ``kernel`` on the map ``x``, a band of tile rows per launch. False, with a warning
-    once per width, when Triton finds that it needs more registers or shared memory than this
-    GPU has (wide maps, large tiles): that width then stays with the inference kernels."""
+    """Runs ``kernel`` on the map ``x``. False, with a warning once per width, when Triton finds
+    that it needs more registers or shared memory than this GPU has (wide maps, large tiles):
+    that width then stays with the inference kernels."""
     from triton.runtime.errors import OutOfResources
 
-    columns, rows, n = launch.tiles
     try:
-        for row0 in range(0, rows, launch.band):
-            grid = (columns, min(launch.band, rows - row0), n)
-            kernel[grid](x, *args, row0, **constants, **launch.constants)
+        kernel[(launch.programs,)](x, *args, *launch.tiles, **constants, **launch.constants)
         return True
     except OutOfResources as error:
         _too_wide.add(x.shape[1])

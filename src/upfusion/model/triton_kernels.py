@@ -120,8 +120,8 @@ def project_to_scratch(
             other=0.0,
         )
         y = rounded(dot(normed, operand(w, DOT_DTYPE, EMULATED), PRECISION, EMULATED), DOT_DTYPE, EMULATED)
-        y = tl.where(inside[:, None], y, 0.0)
-        tl.store(scratch + tl.arange(0, HALO_P)[:, None] * COLS + j[None, :], y)
+        y = tl.where(inside[:, None], y, 0.0)  # (exact in the scratch's dtype: y is rounded to it)
+        tl.store(scratch + tl.arange(0, HALO_P)[:, None] * COLS + j[None, :], y.to(scratch.dtype.element_ty))
 
 
 @triton.jit
@@ -139,7 +139,7 @@ def depthwise_from_scratch(
     out = tl.zeros((OUT_P, COLS), dtype=tl.float32)
     for tap in range(9):  # not unrolled: unrolled, the nine loads are all issued at once and spill
         src = tl.where(within, (row + tap // 3) * halo_w + (col + tap % 3), 0)
-        y = tl.load(scratch + src[:, None] * COLS + tl.arange(0, COLS)[None, :])
+        y = tl.load(scratch + src[:, None] * COLS + tl.arange(0, COLS)[None, :]).to(tl.float32)
         out += y * tl.load(dw_ptr + cols * 9 + tap, mask=cols_ok, other=0.0)[None, :]
     return rounded(out, DOT_DTYPE, EMULATED)
 
@@ -175,20 +175,44 @@ def output_pixels(n, tile_h, tile_w, height, width, TILE_H: tl.constexpr, TILE_W
 
 
 @triton.jit
+def tile_of(t, tile_columns, tile_rows):
+    """The output tile ``t`` of a map cut into ``tile_columns`` x ``tile_rows`` tiles per sample:
+    its column, its row and its sample."""
+    return t % tile_columns, (t // tile_columns) % tile_rows, t // (tile_columns * tile_rows)
+
+
+@triton.jit
 def gdfn_residual_kernel(
     x_ptr, v_ptr, mt_ptr, out_ptr, scratch_ptr, ln_w_ptr, ln_b_ptr, w1_ptr, w2_ptr, dw1_ptr, dw2_ptr, wo_ptr,
-    height, width, channels, hidden_padded, tile_row0,
+    height, width, channels, hidden_padded, tile_columns, tile_rows, tiles,
     BLOCK_C: tl.constexpr, SLICE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     EMULATED: tl.constexpr, WITH_ATTENTION: tl.constexpr, OUT_DTYPE: tl.constexpr,
 ):  # fmt: skip
-    """``x + GDFN(LayerNorm(x))`` of one output tile (channels-last maps; weights prepared by
+    """``x + GDFN(LayerNorm(x))`` (channels-last maps; weights prepared by
     ``fused_kernels.gdfn_residual``). ``WITH_ATTENTION``: of ``x + v @ M^T`` instead, the block's
-    attention applied first (``v``, ``mt``: see ``with_attention``)."""
-    tile_w, band_row, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    tile_h = tile_row0 + band_row  # a launch covers a band of tile rows (see fused_kernels._launched)
-    program = (n * tl.num_programs(1) + band_row) * tl.num_programs(0) + tile_w
+    attention applied first (``v``, ``mt``: see ``with_attention``). Each program takes every
+    num_programs-th output tile, through a scratch tile of its own (see ``fused_kernels._Launch``)."""
+    program = tl.program_id(0)
     scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * SLICE)
+    for t in range(program, tiles, tl.num_programs(0)):
+        tile_w, tile_h, n = tile_of(t, tile_columns, tile_rows)
+        gdfn_residual_tile(
+            x_ptr, v_ptr, mt_ptr, out_ptr, scratch, ln_w_ptr, ln_b_ptr, w1_ptr, w2_ptr, dw1_ptr, dw2_ptr, wo_ptr,
+            height, width, channels, hidden_padded, tile_w, tile_h, n,
+            BLOCK_C, SLICE, TILE_H, TILE_W, HALO_P, OUT_P, DOT_DTYPE, PRECISION, EMULATED, WITH_ATTENTION, OUT_DTYPE,
+        )  # fmt: skip
+
+
+@triton.jit
+def gdfn_residual_tile(
+    x_ptr, v_ptr, mt_ptr, out_ptr, scratch, ln_w_ptr, ln_b_ptr, w1_ptr, w2_ptr, dw1_ptr, dw2_ptr, wo_ptr,
+    height, width, channels, hidden_padded, tile_w, tile_h, n,
+    BLOCK_C: tl.constexpr, SLICE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATED: tl.constexpr, WITH_ATTENTION: tl.constexpr, OUT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """``gdfn_residual_kernel`` on one output tile."""
     pixel, inside = halo_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, HALO_P)
     x = load_rows(x_ptr, pixel, inside, channels, BLOCK_C)
     if WITH_ATTENTION:
@@ -226,21 +250,40 @@ def gdfn_residual_kernel(
 def attention_statistics_kernel(
     xq_ptr, xkv_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch_ptr,
     lnq_w_ptr, lnq_b_ptr, lnkv_w_ptr, lnkv_b_ptr, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
-    height, width, channels, heads, head_width, tile_row0,
+    height, width, channels, heads, head_width, tile_columns, tile_rows, tiles,
     BLOCK_C: tl.constexpr, HEAD_P: tl.constexpr, CHUNK: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     EMULATED: tl.constexpr, SAME_INPUT: tl.constexpr,
 ):  # fmt: skip
-    """A channel attention's pass over one output tile, head by head: q = dwconv(conv1x1(LNq(xq)))
+    """A channel attention's pass over the map, head by head: q = dwconv(conv1x1(LNq(xq)))
     and k, v = dwconv(conv1x1(LNkv(xkv))) (MDTA: one map and one LayerNorm, ``SAME_INPUT``; TCPM's
-    cross-attention: two). Adds the tile's share of each head's Gram matrix q_h^T k_h and of the
+    cross-attention: two). Adds each tile's share of each head's Gram matrix q_h^T k_h and of the
     squared norms of q and k to ``gram`` [N, heads, d, d] and ``q_sq``, ``k_sq`` [N, C] (float32),
     and writes v to ``values`` [N, H*W, C]. (``q``/``k``/``v`` weights: [C, C], input-major.) Each
-    projection is made CHUNK columns at a time (see ``project_to_scratch``)."""
-    tile_w, band_row, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    tile_h = tile_row0 + band_row  # a launch covers a band of tile rows (see fused_kernels._launched)
-    program = (n * tl.num_programs(1) + band_row) * tl.num_programs(0) + tile_w
+    projection is made CHUNK columns at a time (see ``project_to_scratch``). Each program takes
+    every num_programs-th output tile, as ``gdfn_residual_kernel``."""
+    program = tl.program_id(0)
     scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * HEAD_P)
+    for t in range(program, tiles, tl.num_programs(0)):
+        tile_w, tile_h, n = tile_of(t, tile_columns, tile_rows)
+        attention_statistics_tile(
+            xq_ptr, xkv_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch,
+            lnq_w_ptr, lnq_b_ptr, lnkv_w_ptr, lnkv_b_ptr, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
+            height, width, channels, heads, head_width, tile_w, tile_h, n,
+            BLOCK_C, HEAD_P, CHUNK, TILE_H, TILE_W, HALO_P, OUT_P, DOT_DTYPE, PRECISION, EMULATED, SAME_INPUT,
+        )  # fmt: skip
+
+
+@triton.jit
+def attention_statistics_tile(
+    xq_ptr, xkv_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch,
+    lnq_w_ptr, lnq_b_ptr, lnkv_w_ptr, lnkv_b_ptr, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
+    height, width, channels, heads, head_width, tile_w, tile_h, n,
+    BLOCK_C: tl.constexpr, HEAD_P: tl.constexpr, CHUNK: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATED: tl.constexpr, SAME_INPUT: tl.constexpr,
+):  # fmt: skip
+    """``attention_statistics_kernel`` on one output tile."""
     pixel_h, inside = halo_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, HALO_P)
     xq = load_rows(xq_ptr, pixel_h, inside, channels, BLOCK_C)
     normed_q = layer_norm_rows(xq, lnq_w_ptr, lnq_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
