@@ -206,6 +206,20 @@ def test_size_mismatch_and_16_bit(folders, capsys) -> None:
     _assert_error(capsys, _args(folders, "--metrics", "EN", "--workers", "1"), str(deep), "16-bit", "8-bit")
 
 
+def test_one_row_images_are_scored_with_nan_where_undefined(tmp_path, capsys) -> None:
+    # AG needs two rows and two columns: NaN (left out of the mean), not a ZeroDivisionError
+    rng = np.random.default_rng(3)
+    for key in "ABF":
+        (tmp_path / key).mkdir()
+        Image.fromarray(rng.integers(0, 256, (1, 9), dtype=np.uint8)).save(tmp_path / key / "thin.png")
+    js = tmp_path / "m.json"
+    args = ["eval", "--a", str(tmp_path / "A"), "--b", str(tmp_path / "B"), "--fused", str(tmp_path / "F")]
+    assert main([*args, "--metrics", "AG,EN", "--workers", "1", "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert data["mean"]["AG"] is None and data["count"] == {"AG": 0, "EN": 1}
+    assert "| n (not NaN) | 0 | 1 |" in capsys.readouterr().out
+
+
 def test_bad_options(folders, capsys) -> None:
     _assert_error(capsys, _args(folders, "--metrics", "SSIM,NOPE"), "unknown metric 'NOPE'")
     _assert_error(capsys, _args(folders, "--workers", "0"), "--workers")

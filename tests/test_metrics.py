@@ -192,6 +192,14 @@ def test_odd_and_small_sizes(shape: tuple[int, int]) -> None:
         assert math.isfinite(value), (name, shape)
 
 
+@pytest.mark.parametrize("shape", [(1, 6), (6, 1), (1, 1)])
+def test_one_row_or_column_gives_nan_gradients_not_an_error(shape: tuple[int, int]) -> None:
+    f = np.arange(float(shape[0] * shape[1])).reshape(shape)
+    assert math.isnan(metrics.ag(f, f, f)) and math.isnan(metrics.sf(f, f, f))
+    assert math.isnan(compute(f, f, f, ["AG"])["AG"])
+    assert compute(f, f, f, ["EN"])["EN"] >= 0.0  # the others still work
+
+
 def test_dtypes_give_same_values(natural) -> None:
     a, b, f = natural
     ref = compute(a, b, f, OWN)

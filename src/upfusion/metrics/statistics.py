@@ -58,6 +58,8 @@ def ag_sum(f: np.ndarray) -> float:
 def ag_of(t: Triple) -> float:
     """AG of a prepared :class:`Triple` (see :func:`ag`)."""
     rows, cols = t.f.shape
+    if min(rows, cols) < 2:  # no gradient, and (H-1)(W-1) is 0: NaN, not a division by zero
+        return float("nan")
     return t.cached("ag_sum", lambda: ag_sum(t.f)) / ((rows - 1) * (cols - 1))
 
 
