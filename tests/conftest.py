@@ -30,3 +30,21 @@ def shared_path(*parts: str) -> Path:
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+def png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header claims ``width x height`` pixels (Pillow refuses above its pixel limit)."""
+    import io
+    import struct
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's width and height, then its CRC
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path

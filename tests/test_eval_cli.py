@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED
+from conftest import SHARED, png_claiming_size
 from upfusion.cli import main
 from upfusion.errors import UpfusionError
 from upfusion.evaluate import evaluate_folders, to_gray_u8
@@ -193,6 +193,16 @@ def test_corrupt_image(folders, capsys) -> None:
     data = json.loads(js.read_text())
     assert list(data["per_image"]) == ["t01", "t11"] and "t09" in data["skipped"]
     assert "skipped t09" in captured.err
+
+
+def test_image_over_pillows_pixel_limit_is_a_one_line_error(folders, capsys) -> None:
+    # Pillow raises DecompressionBombError (not an OSError) before decoding such a file
+    huge = png_claiming_size(folders["F"] / "t09.png", 20000, 10000)
+    _assert_error(
+        capsys, _args(folders, "--metrics", "EN", "--workers", "1"), str(huge), "cannot read image", "exceeds"
+    )
+    assert main(_args(folders, "--metrics", "EN", "--workers", "2", "--skip-bad")) == 0
+    assert f"skipped t09: {huge}: cannot read image" in capsys.readouterr().err
 
 
 def test_size_mismatch_and_16_bit(folders, capsys) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED
+from conftest import SHARED, png_claiming_size
 from upfusion import report
 from upfusion.cli import main
 from upfusion.errors import UpfusionError
@@ -168,6 +168,9 @@ def test_unreadable_image_names_the_file(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(UpfusionError, match="bad.png: cannot read image"):
         report.read_display(bad)
+    huge = png_claiming_size(tmp_path / "huge.png", 20000, 10000)
+    with pytest.raises(UpfusionError, match=r"huge.png: cannot read image \(Image size \(200000000 pixels\) exceeds"):
+        report.read_display(huge)
 
 
 # ---------------------------------------------------------------------------- the command

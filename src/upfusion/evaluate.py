@@ -89,7 +89,7 @@ def read_gray(path: Path | str) -> np.ndarray:
             arr = np.asarray(im)
     except UpfusionError:
         raise
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable or truncated files
+    except Exception as exc:  # Pillow raises many types for broken data (OSError, DecompressionBombError...)
         message = " ".join(str(exc).split())
         raise UpfusionError(f"{path}: cannot read image ({message})") from None
     return to_gray_u8(arr, path)

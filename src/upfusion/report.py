@@ -244,7 +244,7 @@ def read_display(path: Path | str) -> np.ndarray:
             return np.asarray(im)
     except UpfusionError:
         raise
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable or truncated files
+    except Exception as exc:  # Pillow raises many types for broken data (OSError, DecompressionBombError...)
         raise UpfusionError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
 
 
