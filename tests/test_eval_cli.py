@@ -230,6 +230,27 @@ def test_one_row_images_are_scored_with_nan_where_undefined(tmp_path, capsys) ->
     assert "| n (not NaN) | 0 | 1 |" in capsys.readouterr().out
 
 
+def test_exif_rotated_sources_are_read_upright_as_fuse_reads_them(tmp_path) -> None:
+    # A camera stores a portrait photo as landscape pixels plus EXIF orientation 6; upfusion fuse
+    # turns it upright, so its (upright) result must be scored against the upright sources.
+    rng = np.random.default_rng(4)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    upright = {key: rng.integers(0, 256, (12, 8), dtype=np.uint8) for key in "ABF"}
+    for key in "AB":
+        for folder, pixels, options in (
+            ("turned", np.rot90(upright[key]), {"exif": exif}),
+            ("plain", upright[key], {}),
+        ):
+            (tmp_path / folder / key).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(pixels)).save(tmp_path / folder / key / "x.png", **options)
+    (tmp_path / "F").mkdir()
+    Image.fromarray(upright["F"]).save(tmp_path / "F" / "x.png")
+    turned = evaluate_folders(tmp_path / "turned" / "A", tmp_path / "turned" / "B", tmp_path / "F", "EN,SSIM", 1)
+    plain = evaluate_folders(tmp_path / "plain" / "A", tmp_path / "plain" / "B", tmp_path / "F", "EN,SSIM", 1)
+    assert turned.per_image == plain.per_image
+
+
 def test_bad_options(folders, capsys) -> None:
     _assert_error(capsys, _args(folders, "--metrics", "SSIM,NOPE"), "unknown metric 'NOPE'")
     _assert_error(capsys, _args(folders, "--workers", "0"), "--workers")

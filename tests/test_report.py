@@ -163,6 +163,14 @@ def test_picture_grid_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
         picture_grid([("x", [path])], ["A"])
 
 
+def test_grid_shows_exif_rotated_images_upright(tmp_path):
+    pixels = np.arange(6 * 10, dtype=np.uint8).reshape(6, 10)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 6 x 10, shown 10 x 6 (turned 90 degrees clockwise), as upfusion fuse reads it
+    Image.fromarray(pixels).save(tmp_path / "turned.png", exif=exif)
+    assert np.array_equal(report.read_display(tmp_path / "turned.png"), np.rot90(pixels, k=-1))
+
+
 def test_unreadable_image_names_the_file(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")

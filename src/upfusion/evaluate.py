@@ -7,6 +7,7 @@ Images are paired by file stem (``upfusion.pairing``) and read as 8-bit grey:
   integers, round(0.299 R + 0.587 G + 0.114 B) (half away from zero), as the reference values
   assume (MATLAB ``rgb2gray`` and OpenCV can differ from it by one grey level); an alpha channel
   is ignored;
+- an EXIF orientation tag is applied (the picture upright), as ``upfusion fuse`` reads its sources;
 - 16-bit and floating-point images are refused: the metrics' constants assume grey levels
   0..255, and rescaling silently would change every value.
 
@@ -69,7 +70,7 @@ def to_gray_u8(arr: np.ndarray, path: Path | str = "image") -> np.ndarray:
 
 def read_gray(path: Path | str) -> np.ndarray:
     """An image file as H x W uint8 grey levels (see the module docstring for the rules)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     path = Path(path)
     try:
@@ -84,6 +85,8 @@ def read_gray(path: Path | str) -> np.ndarray:
                     "(grey levels 0..255), convert it to 8 bits first"
                 )
             im.load()
+            # upright as upfusion fuse reads it (imaging.read_image), so results line up with their sources
+            im = ImageOps.exif_transpose(im)
             if mode not in ("L", "LA", "RGB", "RGBA", "RGBX"):
                 im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")
             arr = np.asarray(im)

@@ -231,7 +231,7 @@ def table_from_results(results: Mapping[str, EvalResult], title: str = "", note:
 
 def read_display(path: Path | str) -> np.ndarray:
     """An 8-bit image for display: [H, W] grey or [H, W, 3] RGB uint8 (alpha dropped)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     path = Path(path)
     try:
@@ -239,6 +239,7 @@ def read_display(path: Path | str) -> np.ndarray:
             im.load()
             if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
                 raise UpfusionError(f"{path}: image mode {im.mode} is not 8-bit; the grid shows 8-bit images")
+            im = ImageOps.exif_transpose(im)  # upright, as upfusion fuse and eval read it
             if im.mode not in ("L", "RGB"):
                 im = im.convert("L" if im.mode in ("1", "LA") else "RGB")
             return np.asarray(im)
