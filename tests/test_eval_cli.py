@@ -262,6 +262,24 @@ def test_bad_options(folders, capsys) -> None:
     )
 
 
+def test_output_that_is_a_folder_fails_before_scoring(folders, capsys, monkeypatch) -> None:
+    import upfusion.evaluate
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored although the output cannot be written")
+
+    monkeypatch.setattr(upfusion.evaluate, "evaluate_folders", never)
+    for option in ("--json", "--csv"):
+        _assert_error(capsys, _args(folders, option, str(folders["out"])), f"{option} {folders['out']}: is a folder")
+
+
+def test_write_error_is_one_line(folders, tmp_path) -> None:
+    result = evaluate_folders(folders["A"], folders["B"], folders["F"], metrics="EN", workers=1)
+    (tmp_path / "m.json").mkdir()
+    with pytest.raises(UpfusionError, match=r"m\.json: cannot write \(Is a directory\)"):
+        result.write_json(tmp_path / "m.json")
+
+
 def test_outputs_go_into_new_folders(folders) -> None:
     js, table = folders["out"] / "new" / "m.json", folders["out"] / "other" / "deeper" / "m.csv"
     assert main(_args(folders, "--metrics", "EN", "--workers", "1", "--json", str(js), "--csv", str(table))) == 0

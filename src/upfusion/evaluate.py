@@ -129,7 +129,10 @@ def _write_atomic(path: Path | str, text: str) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise UpfusionError(f"{path}: folder {folder} does not exist")
-    write_text_atomic(path, text)
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:  # a folder of that name, no permission, a full disk
+        raise UpfusionError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 @dataclass

@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     for option, target in (("--json", args.json), ("--csv", args.csv)):
         # Their folders are made before scoring, so that a long run does not fail at its end.
         if target:
+            if Path(target).is_dir():
+                raise UpfusionError(f"{option} {target}: is a folder; give the file to write")
             folder = Path(target).resolve().parent
             try:
                 folder.mkdir(parents=True, exist_ok=True)
