@@ -309,3 +309,25 @@ def test_method_with_fewer_images_fails_and_keeps_old_files(dataset, tmp_path, c
     assert "method Partial lacks 1 image(s) (01566D) that Average has" in err
     assert (out / "table.md").read_text() == "previous report\n"
     assert sorted(p.name for p in out.iterdir()) == ["table.md"]
+
+
+def test_out_that_cannot_be_written_fails_before_scoring(dataset, tmp_path, capsys, monkeypatch):
+    import upfusion.evaluate
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored although the report cannot be written")
+
+    monkeypatch.setattr(upfusion.evaluate, "evaluate_folders", never)
+    (tmp_path / "file").write_text("x")
+    assert main(report_args(dataset, tmp_path / "file" / "report", "--grid-pairs", "0")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"upfusion report: error: {tmp_path / 'file' / 'report'}: cannot make the folder, "
+        f"{tmp_path / 'file'} is not a directory"
+    )
+    out = tmp_path / "out"
+    (out / "table.csv").mkdir(parents=True)
+    (out / "table.md").write_text("previous report\n")
+    assert main(report_args(dataset, out, "--grid-pairs", "0")) == 1
+    assert f"{out / 'table.csv'}: is a folder" in capsys.readouterr().err
+    assert (out / "table.md").read_text() == "previous report\n"  # no half-replaced report

@@ -108,6 +108,20 @@ def grid_stems(args: argparse.Namespace, folders: list[Path]) -> list[str]:
     return [stem for stem, _ in pair_by_stem(*folders).pairs[: args.grid_pairs]]
 
 
+def check_out(out: Path, filenames: list[str]) -> None:
+    """Fails before the slow scoring where the report could not be written into ``out``."""
+    from ..errors import UpfusionError
+
+    if out.exists() and not out.is_dir():
+        raise UpfusionError(f"{out}: exists and is not a directory")
+    existing = next(parent for parent in [out, *out.parents] if parent.exists())
+    if not existing.is_dir():
+        raise UpfusionError(f"{out}: cannot make the folder, {existing} is not a directory")
+    for filename in filenames:
+        if (out / filename).is_dir():
+            raise UpfusionError(f"{out / filename}: is a folder; the report writes a file of that name")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..atomic import write_bytes_atomic
     from ..errors import UpfusionError
@@ -124,8 +138,7 @@ def run(args: argparse.Namespace) -> int:
         require("matplotlib", "report", "the picture grid (grid.png; --grid-pairs 0 skips it)")
     if args.panel_width < 8:
         raise UpfusionError(f"--panel-width: must be at least 8 pixels, got {args.panel_width}")
-    if out.exists() and not out.is_dir():
-        raise UpfusionError(f"{out}: exists and is not a directory")
+    check_out(out, ["table.md", "table.csv", *(["grid.png"] if stems else [])])
 
     results = {}
     for name, folder in methods:
@@ -149,9 +162,12 @@ def run(args: argparse.Namespace) -> int:
         rows = [(stem, [listing[stem] for listing in listings]) for stem in stems]
         labels = [a_dir.name or "A", b_dir.name or "B", *(name for name, _ in methods)]
         files["grid.png"] = picture_grid(rows, labels, panel_width=args.panel_width)
-    out.mkdir(parents=True, exist_ok=True)
-    for filename, data in files.items():
-        write_bytes_atomic(out / filename, data)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for filename, data in files.items():
+            write_bytes_atomic(out / filename, data)
+    except OSError as exc:  # no permission, a full disk
+        raise UpfusionError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
     sys.stdout.write(table.to_markdown())
     print(f"upfusion report: wrote {', '.join(str(out / f) for f in files)}", file=sys.stderr)
     if not stems and (out / "grid.png").exists():  # kept: it may be wanted, but it is not this report's
