@@ -219,11 +219,15 @@ def test_usage_errors(tmp_path, capsys, case):
         "missing": (["--a", tmp_path / "nope", "--b", b], f"{tmp_path / 'nope'}: no such file or directory"),
         "no pairs": (["--a", a, "--b", tmp_path / "empty"], "no pairs"),
         "file and folder": (["--a", a / "1.png", "--b", b], "give two files or two folders"),
-        "out is a file": (["--a", a, "--b", b, "--out", b / "2.png"], "2.png: output folder not writable"),
+        "out is a file": (["--a", a, "--b", b, "--out", b / "2.png"], "2.png: exists and is not a folder"),
         "out is an input": (["--a", a, "--b", b, "--out", a], "output folder is an input folder"),
         "out replaces a source": (["--a", a / "1.png", "--b", b / "1.png", "--out", a], "would replace its own source"),
         "unknown method": (["--a", a, "--b", b, "--method", "nope"], "unknown method 'nope'"),
-        "bad format": (["--a", a / "odd.gif", "--b", b / "odd.png"], "cannot write '.gif' files"),
+        "bad format": (
+            ["--a", a / "odd.gif", "--b", b / "odd.png"],
+            f"{out / 'odd.gif'}: cannot write '.gif' files; formats: png, tif, tiff, jpg, jpeg, bmp, webp, pgm, ppm; "
+            "choose one with --format",
+        ),
         "weights with a baseline": (
             ["--a", a, "--b", b, "--method", "average", "--weights", "x.json"],
             "method 'average' takes no weights",

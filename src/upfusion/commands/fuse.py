@@ -237,6 +237,8 @@ def prepare_output_dir(out: str, inputs: list[str]) -> Path:
     for source in inputs:
         if Path(source).is_dir() and path.resolve() == Path(source).resolve():
             raise UpfusionError(f"{path}: output folder is an input folder; choose another --out")
+    if path.exists() and not path.is_dir():
+        raise UpfusionError(f"{path}: exists and is not a folder; --out must name a folder here")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
@@ -295,7 +297,10 @@ def _run(args: argparse.Namespace, rank: Any, who: str) -> int:
     from ..imaging import output_format
 
     for job in jobs:  # fail before any work: a format that cannot be written, a source about to be replaced
-        output_format(job.output.suffix)
+        try:
+            output_format(job.output.suffix)
+        except UpfusionError as exc:  # the extension comes from the A file: say which, and the way out
+            raise UpfusionError(f"{job.output}: {exc}; choose one with --format") from None
         if job.output.resolve() in (job.a.resolve(), job.b.resolve()):
             raise UpfusionError(f"{job.output}: the output would replace its own source; choose another --out")
     if args.threads:
