@@ -287,6 +287,15 @@ def test_write_is_atomic_and_a_failed_encode_keeps_the_old_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.png"]  # no temporary file left behind
 
 
+def test_write_to_a_name_at_the_file_systems_length_limit(tmp_path):
+    # 255 bytes is the longest name; the temporary file beside it must fit that limit too
+    fused = FusedImage(np.zeros((4, 5), np.float32), 8)
+    for name in ("x" * 251 + ".png", "é" * 125 + "x.png"):  # 255 bytes, also in two-byte characters
+        imaging.write_image(tmp_path / name, fused)
+        assert Image.open(tmp_path / name).size == (5, 4)
+    assert sorted(len(p.name.encode()) for p in tmp_path.iterdir()) == [255, 255]
+
+
 def test_resize_like_changes_only_the_size():
     image = imaging.from_array(_rng().integers(0, 256, (10, 12, 3), dtype=np.uint8))
     resized = imaging.resize_like(image, 20, 24)

@@ -19,7 +19,9 @@ def _umask() -> int:
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically, with the usual permissions (0666 less the umask)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A shortened name in the temporary one: the file system's limit (255 bytes) holds for the
+    # target's own name, not for the target's name plus a prefix and a random suffix.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
