@@ -251,6 +251,24 @@ def test_exif_rotated_sources_are_read_upright_as_fuse_reads_them(tmp_path) -> N
     assert turned.per_image == plain.per_image
 
 
+def test_file_names_that_are_not_utf8(tmp_path, monkeypatch) -> None:
+    import os
+
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1: Python holds the byte 0xe9 as a surrogate
+    rng = np.random.default_rng(5)
+    for key in "ABF":
+        (tmp_path / key).mkdir()
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / key / name)
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # strict, as in a UTF-8 locale
+    monkeypatch.setattr("sys.stdout", stdout)
+    table = tmp_path / "m.csv"
+    args = ["eval", "--a", str(tmp_path / "A"), "--b", str(tmp_path / "B"), "--fused", str(tmp_path / "F")]
+    assert main([*args, "--metrics", "EN", "--workers", "1", "--per-image", "--csv", str(table)]) == 0
+    stdout.flush()
+    assert b"| caf\xe9 | " in stdout.buffer.getvalue()  # the name's own bytes, as ls prints them
+    assert table.read_bytes().splitlines()[1].startswith(b"caf\xe9,")
+
+
 def test_bad_options(folders, capsys) -> None:
     _assert_error(capsys, _args(folders, "--metrics", "SSIM,NOPE"), "unknown metric 'NOPE'")
     _assert_error(capsys, _args(folders, "--workers", "0"), "--workers")

@@ -248,6 +248,15 @@ def test_usage_errors(tmp_path, capsys, case):
         assert list(out.iterdir()) == []
 
 
+def test_file_names_that_are_not_utf8(tmp_path):
+    # a Latin-1 name from an old archive: Python holds the byte 0xe9 as a surrogate
+    name = os.fsdecode(b"caf\xe9.png")
+    save(tmp_path / "a" / name, RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    save(tmp_path / "b" / name, RNG.integers(0, 256, (8, 8), dtype=np.uint8))
+    assert fuse("--a", tmp_path / "a", "--b", tmp_path / "b", "--out", tmp_path / "out", "--method", "average") == 0
+    assert os.listdir(os.fsencode(tmp_path / "out")) == [b"caf\xe9.png"]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_folder(tmp_path, capsys):
     a = save(tmp_path / "a" / "x.png", np.zeros((8, 8), np.uint8))

@@ -331,3 +331,25 @@ def test_out_that_cannot_be_written_fails_before_scoring(dataset, tmp_path, caps
     assert main(report_args(dataset, out, "--grid-pairs", "0")) == 1
     assert f"{out / 'table.csv'}: is a folder" in capsys.readouterr().err
     assert (out / "table.md").read_text() == "previous report\n"  # no half-replaced report
+
+
+def test_file_and_folder_names_that_are_not_utf8(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import os
+
+    # Latin-1 bytes, held by Python as surrogates: a stem (shown in the grid) and folder A (in the table's note)
+    stem, a_name = os.fsdecode(b"caf\xe9"), os.fsdecode(b"vis\xe9")
+    rng = np.random.default_rng(6)
+    for key in (a_name, "b", "m"):
+        (tmp_path / key).mkdir()
+        save(tmp_path / key / f"{stem}.png", rng.integers(0, 256, (8, 8)))
+    out = tmp_path / "out"
+    args = ["report", "--a", str(tmp_path / a_name), "--b", str(tmp_path / "b"), "--method", f"M={tmp_path / 'm'}",
+            "--metrics", "EN", "--workers", "1", "--out", str(out)]  # fmt: skip
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # strict, as in a UTF-8 locale
+    monkeypatch.setattr("sys.stdout", stdout)
+    assert main(args) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "table.csv", "table.md"]
+    note = b"A = " + os.fsencode(tmp_path / a_name)  # the folder name's own bytes
+    stdout.flush()
+    assert note in (out / "table.md").read_bytes() and note in stdout.buffer.getvalue()

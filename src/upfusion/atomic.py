@@ -33,5 +33,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """``write_bytes_atomic`` for UTF-8 text (newlines written as given)."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+    """``write_bytes_atomic`` for UTF-8 text (newlines written as given).
+
+    File names that are not UTF-8 (held by Python as surrogates) are written as their own bytes.
+    """
+    write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"))

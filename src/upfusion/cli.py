@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     request_huge_pages()  # before any command imports torch
+    # A file name that is not UTF-8 (surrogates in Python) prints as its own bytes, as ls prints
+    # it, not as a UnicodeEncodeError in a UTF-8 locale (stderr already escapes such names).
+    if callable(getattr(sys.stdout, "reconfigure", None)):
+        sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -58,7 +58,8 @@ def owner(name: str, world_size: int) -> int:
 
     sha256 rather than Python's ``hash`` (which changes between processes).
     """
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    # surrogateescape: a file name that is not UTF-8 (Latin-1 from an old archive) hashes its own bytes
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") % world_size
 
 

@@ -262,6 +262,11 @@ def grid_size(row_shapes: Sequence[tuple[int, int]], columns: int, panel_width: 
     return width, height
 
 
+def _drawable(text: str) -> str:
+    """``text`` with the bytes of a file name that is not UTF-8 shown as U+FFFD (matplotlib refuses them)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def picture_grid(
     rows: Sequence[tuple[str, Sequence[Path | str]]],
     labels: Sequence[str],
@@ -296,14 +301,14 @@ def picture_grid(
     step = panel_width + GRID_GAP_PX
     for col, label in enumerate(labels):
         x = (GRID_LABEL_PX + col * step + panel_width / 2) / width
-        fig.text(x, 1 - (GRID_HEADER_PX / 2) / height, label, ha="center", va="center", fontsize=10)
+        fig.text(x, 1 - (GRID_HEADER_PX / 2) / height, _drawable(label), ha="center", va="center", fontsize=10)
     top = GRID_HEADER_PX  # pixels from the top edge
     for (stem, _), row, (h, w) in zip(rows, images, shapes, strict=True):
         row_h = max(1, round(panel_width * h / w))
         fig.text(
             (GRID_LABEL_PX / 2) / width,
             1 - (top + row_h / 2) / height,
-            stem,
+            _drawable(stem),
             ha="center",
             va="center",
             rotation=90,

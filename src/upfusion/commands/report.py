@@ -156,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
     table = table_from_results(results, title=args.title, note=f"A = {a_dir}, B = {b_dir}")
 
     # Everything is built before anything is written, so a failure leaves no partial report.
-    files = {"table.md": table.to_markdown().encode(), "table.csv": table.to_csv().encode()}
+    # surrogateescape: a folder name that is not UTF-8 (in the table's note) is written as its bytes
+    text = {"table.md": table.to_markdown(), "table.csv": table.to_csv()}
+    files = {name: content.encode("utf-8", "surrogateescape") for name, content in text.items()}
     if stems:
         listings = [list_images(folder) for folder in folders]
         rows = [(stem, [listing[stem] for listing in listings]) for stem in stems]
