@@ -193,6 +193,13 @@ def test_corrupt_image(folders, capsys) -> None:
     data = json.loads(js.read_text())
     assert list(data["per_image"]) == ["t01", "t11"] and "t09" in data["skipped"]
     assert "skipped t09" in captured.err
+    for stem in ("t01", "t11"):
+        (folders["F"] / f"{stem}.png").write_bytes(b"")
+    _assert_error(  # every triple bad: the reason too, not only that none could be scored
+        capsys,
+        _args(folders, "--metrics", "EN", "--workers", "1", "--skip-bad"),
+        f"{folders['F']}: none of the 3 image triples could be scored (the first: {folders['F'] / 't01.png'}: ",
+    )
 
 
 def test_image_over_pillows_pixel_limit_is_a_one_line_error(folders, capsys) -> None:

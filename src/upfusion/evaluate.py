@@ -343,8 +343,9 @@ def evaluate_folders(
     finally:
         bar.close()
 
-    if not per_image:
-        raise UpfusionError(f"{folders[2]}: none of the {len(jobs)} image triples could be scored")
+    if not per_image:  # say why: the skipped reasons are otherwise never printed
+        first = next(iter(skipped.values()), "")
+        raise UpfusionError(f"{folders[2]}: none of the {len(jobs)} image triples could be scored (the first: {first})")
     per_image = {stem: per_image[stem] for stem, _ in pairing.pairs if stem in per_image}  # sorted by stem
     keys = [metric_lib.output_name(n, compat) for n in names]
     return EvalResult.from_values(
