@@ -339,6 +339,22 @@ def test_shipped_recipes_parse():
     assert record["training"]["recipe"] == ", then ".join(f"configs/{name}" for name in phases)
 
 
+def test_toml_config_on_python_310_uses_tomli_or_names_the_extra(tmp_path, monkeypatch):
+    """Python 3.10 has no tomllib: a TOML config reads through tomli, or stops naming the extra."""
+    import tomllib
+
+    import upfusion.train as train_module
+
+    config = tmp_path / "run.toml"
+    config.write_text('steps = 7\nloss = "paper"\n')
+    monkeypatch.setattr(train_module.sys, "version_info", (3, 10, 13))
+    monkeypatch.setitem(sys.modules, "tomli", tomllib)  # tomli is tomllib's backport, same API
+    assert load_config_file(config) == {"steps": 7, "loss": "paper"}
+    monkeypatch.setitem(sys.modules, "tomli", None)  # not installed
+    with pytest.raises(UpfusionError, match=r"TOML config files.*pip install 'upfusion\[train\]'"):
+        load_config_file(config)
+
+
 def test_cosine_schedule():
     assert cosine_lr_factor(0, 100, 1e-4, 1e-5, 0) == pytest.approx(1.0)
     assert cosine_lr_factor(50, 100, 1e-4, 1e-5, 0) == pytest.approx(0.55)

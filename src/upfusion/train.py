@@ -134,6 +134,17 @@ class TrainConfig:
             raise UpfusionError(str(exc)) from None
 
 
+def _toml_reader() -> Any:
+    """``tomllib`` (Python 3.11+), or on Python 3.10 its backport ``tomli`` (the ``train`` extra)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    from .pretrained.extras import require
+
+    return require("tomli", "train", "TOML config files on Python 3.10")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """The options of a YAML (.yaml, .yml) or TOML (.toml) file as a dict."""
     path = Path(path)
@@ -142,11 +153,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise UpfusionError(f"{path}: cannot read config ({exc.strerror or exc})") from None
     if path.suffix.lower() == ".toml":
-        import tomllib
-
+        toml = _toml_reader()
         try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+            data = toml.loads(text)
+        except toml.TOMLDecodeError as exc:
             raise UpfusionError(f"{path}: not valid TOML ({exc})") from None
     elif path.suffix.lower() in (".yaml", ".yml"):
         from .pretrained.extras import require
