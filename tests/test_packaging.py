@@ -1,0 +1,67 @@
+"""What an installed (non-editable) upfusion needs: extras that exist, package data that ships."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from upfusion.errors import UpfusionError
+from upfusion.pretrained.extras import require
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "upfusion"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+EXTRAS = PYPROJECT["project"]["optional-dependencies"]
+
+
+def _extras_named_by_require() -> dict[str, set[str]]:
+    """{extra: {file, ...}} for every ``require(module, "extra", ...)`` call in the package."""
+    named: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call) or len(node.args) < 2:
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            extra = node.args[1]
+            if name == "require" and isinstance(extra, ast.Constant) and isinstance(extra.value, str):
+                named.setdefault(extra.value, set()).add(str(path.relative_to(SRC)))
+    return named
+
+
+def test_every_extra_a_message_names_exists():
+    named = _extras_named_by_require()
+    assert {"wavelets", "report", "train", "onnx", "color16", "convnext", "clip", "minilm"} <= set(named)
+    missing = {extra: sorted(files) for extra, files in named.items() if extra not in EXTRAS}
+    assert not missing, f"messages name extras that pyproject.toml does not define: {missing}"
+
+
+def test_readme_extras_table_matches_pyproject():
+    readme = (ROOT / "README.md").read_text()
+    table = set(re.findall(r"^\| `([a-z0-9-]+)` \|", readme, flags=re.MULTILINE))
+    assert table == set(EXTRAS) - {"test"}
+
+
+def test_missing_core_dependency_names_the_pip_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)  # what a --no-deps install looks like
+    from upfusion.pretrained.backbones import load_classifier
+
+    with pytest.raises(UpfusionError, match=r"pip install efficientnet-lite-pytorch$") as info:
+        load_classifier("efficientnet_lite0", weights=None)
+    assert "upfusion[" not in str(info.value)
+
+
+def test_missing_extra_message_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pywt", None)
+    with pytest.raises(UpfusionError) as info:
+        require("pywt", "wavelets", "the dwt baseline")
+    assert "\n" not in str(info.value) and str(info.value).endswith("pip install 'upfusion[wavelets]'")
