@@ -65,3 +65,37 @@ def test_missing_extra_message_is_one_line(monkeypatch):
     with pytest.raises(UpfusionError) as info:
         require("pywt", "wavelets", "the dwt baseline")
     assert "\n" not in str(info.value) and str(info.value).endswith("pip install 'upfusion[wavelets]'")
+
+
+def _matches(relative: str, pattern: str) -> bool:
+    """setuptools' package-data glob semantics, enough for these patterns ('*' within a folder, '**' across)."""
+    regex = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+    return re.fullmatch(regex, relative) is not None
+
+
+def test_every_data_file_of_the_package_ships_in_the_wheel():
+    """A file under src/upfusion that is not Python reaches a non-editable install only through package-data."""
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["upfusion"]
+    data = [
+        p.relative_to(SRC).as_posix()
+        for p in SRC.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    ]
+    assert {"weights/default.json", "weights/default.safetensors", "py.typed"} <= set(data)
+    unlisted = [f for f in data if not any(_matches(f, pattern) for pattern in patterns)]
+    assert not unlisted, f"not in [tool.setuptools.package-data]: {unlisted}"
+    unused = [pattern for pattern in patterns if not any(_matches(f, pattern) for f in data)]
+    assert not unused, f"package-data patterns that match nothing: {unused}"
+
+
+def test_public_names_are_listed_visible_and_importable():
+    import pydoc
+
+    import upfusion
+
+    assert set(upfusion.__all__) == {"__version__", *upfusion._LAZY}
+    assert upfusion.__version__ == PYPROJECT["project"]["version"]
+    assert set(upfusion.__all__) <= set(dir(upfusion))  # help(), dir() and tab completion see the lazy names
+    for name in upfusion.__all__:
+        assert getattr(upfusion, name) is not None
+    assert "load(name_or_path" in pydoc.render_doc(upfusion)
