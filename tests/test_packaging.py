@@ -99,3 +99,13 @@ def test_public_names_are_listed_visible_and_importable():
     for name in upfusion.__all__:
         assert getattr(upfusion, name) is not None
     assert "load(name_or_path" in pydoc.render_doc(upfusion)
+
+
+def test_license_metadata_is_an_spdx_expression_with_its_file():
+    """setuptools >= 77 takes an SPDX string; the TOML-table form is deprecated (unsupported from 2027-02)."""
+    project = PYPROJECT["project"]
+    assert isinstance(project["license"], str)
+    for name in project["license-files"]:
+        assert (ROOT / name).is_file()
+    assert project["license"] in (ROOT / "LICENSE").read_text()
+    assert not any(c.startswith("License ::") for c in project.get("classifiers", []))  # not with an SPDX license
