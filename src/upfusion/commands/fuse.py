@@ -41,7 +41,7 @@ examples:
   upfusion fuse --mri mri.png --pet pet.png --out fused/ --format png
   upfusion fuse --vis street.png --ir street_ir.png --out street_fused.png
   upfusion fuse --vis big_vis.png --ir big_ir.png --out fused/ --tile 1024
-  upfusion fuse --a a/ --b b/ --out out/ --weights runs/exp1/best.json --device cuda --precision bf16
+  upfusion fuse --a a/ --b b/ --out out/ --weights runs/exp1/final.json --device cuda --precision bf16
   upfusion fuse --a a/ --b b/ --out out/ --device cuda --precision bf16 --batch-size 8 --compile   # GPU, many pairs
 """
 
