@@ -23,7 +23,8 @@ two files, --out may also name the result file itself (--out fused.png).
 Colour: the network fuses the luma; the colour of the source that has colour (A first) is
 put back in YCbCr (BT.601, full range): RGB visible + grey infrared gives RGB, PET/SPECT
 pseudo-colour + MRI gives RGB, grey + grey gives grey. A 3-channel file with equal channels
-is grey. 16-bit PNG/TIFF are read at full depth and written at 16 bits (PNG/TIFF output).
+is grey. 16-bit PNG/TIFF are read at full depth and written at 16 bits (PNG, TIFF or PGM
+output).
 """
 
 EPILOG = """\
@@ -94,7 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--method",
         default="upfusion",
         metavar="NAME",
-        help="'upfusion' (the network, default) or a classic method of upfusion.baselines",
+        help="'upfusion' (the network, default) or a classic method of upfusion.baselines: average, maximum, "
+        "laplacian, dwt or gff",
     )
     p.add_argument(
         "--device",

@@ -39,7 +39,11 @@ examples:
 HELP: dict[str, tuple[str, str | None]] = {
     "data": ("a training folder pair, files paired by stem (repeat for several)", "A B"),
     "out": ("output folder (default runs/train)", "DIR"),
-    "model": ("network preset (default: 'default'); a config file may give ModelConfig fields", "PRESET"),
+    "model": (
+        "network preset (default: 'default'); a config file may give ModelConfig fields instead, "
+        "over the preset named in its 'preset' field (default: 'paper')",
+        "PRESET",
+    ),
     "backbone_weights": ("semantic backbone weights: 'pretrained' (default), 'none' or a file", "W"),
     "text_encoder": ("text encoder of the prompt: minilm (default) or clip-vit-b-32", "NAME"),
     "prompt": ("the prompt (default: the paper's)", "TEXT"),
@@ -68,18 +72,18 @@ HELP: dict[str, tuple[str, str | None]] = {
     "lr_min": ("final learning rate of the cosine decay (default 1e-5)", "LR"),
     "warmup_steps": ("linear warm-up steps before the cosine decay (default 0)", "N"),
     "grad_clip": ("clip the gradient norm to this value (default: no clipping)", "NORM"),
-    "amp": ("'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16' or 'off'", "MODE"),
+    "amp": ("'auto' (default: bf16 autocast on CUDA, fp32 on CPU), 'bf16' or 'off'", "MODE"),
     "seed": ("random seed of initialisation, order, crops and flips (default 0)", "N"),
     "checkpoint_every": ("save state and a checkpoint every N steps (default 500)", "N"),
     "log_every": ("write a log.csv row every N steps (default 10)", "N"),
     "val_data": ("a held-out folder pair for validation (repeat for several)", "A B"),
     "val_holdout": ("hold out N training pairs for validation instead", "N"),
-    "val_every": ("validate every N steps with the paper metrics (default 0: never)", "N"),
+    "val_every": ("validate every N steps with the --val-metrics (default 0: never)", "N"),
     "val_max_pairs": ("validate on at most N pairs (default 4)", "N"),
     "val_metrics": ("validation metrics: 'paper' (default) or NAME,NAME", "SET"),
     "threads": ("torch CPU threads (default: torch's choice)", "N"),
     "workers": ("data-loader worker processes (default 0)", "N"),
-    "device": ("'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", "DEV"),
+    "device": ("'auto' (default: CUDA when available), 'cpu', 'cuda' or 'cuda:N'", "DEV"),
 }
 
 _TYPES = {
