@@ -160,7 +160,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "of 8, >= 64); auto (default): only when an image would not fit in the free memory; 0: never",
     )
     p.add_argument(
-        "--overlap", type=int, default=64, metavar="PX", help="pixels shared by neighbouring tiles (default 64)"
+        "--overlap",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="pixels shared by neighbouring tiles: a multiple of 8, at most half the tile (default 64, so a "
+        "--tile under 128 needs a smaller --overlap)",
     )
     p.add_argument(
         "--upscale",
