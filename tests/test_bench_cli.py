@@ -102,6 +102,12 @@ def test_bench_tiled_batched_configuration(checkpoint, tmp_path, capsys):
     assert result["huge_pages"] is False and "(4 KiB pages)" in capsys.readouterr().out
     assert result["pairs_per_s"] == pytest.approx(2 / result["latency_s"])
 
+    # without --overlap, fuse's default: 64, or half a smaller tile
+    at = argv.index("--overlap")
+    assert main(argv[:at] + argv[at + 2 :]) == 0
+    (result,) = json.loads(out_json.read_text())["results"]
+    assert result["error"] is None and result["case"]["overlap"] == 24
+
 
 def test_bench_takes_bundled_weights_by_name(tmp_path, capsys):
     out_json = tmp_path / "r.json"

@@ -248,3 +248,12 @@ def test_cli_tile_option(small_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("upfusion fuse: error: ") and "tile must be" in err[-1]
     assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
+
+    # the default overlap (64) is halved for a tile under 128; an overlap asked for is not
+    assert main([*map(str, args), "--out", str(tmp_path / "default"), "--tile", "64"]) == 0
+    assert main([*map(str, args), "--out", str(tmp_path / "half"), "--tile", "64", "--overlap", "32"]) == 0
+    default = np.asarray(Image.open(tmp_path / "default" / "x.png"))
+    assert np.array_equal(default, np.asarray(Image.open(tmp_path / "half" / "x.png")))
+    assert not np.array_equal(default, np.asarray(Image.open(tmp_path / "tiled" / "x.png")))  # (overlap 16)
+    assert main([*map(str, args), "--out", str(tmp_path / "bad"), "--tile", "64", "--overlap", "64"]) == 1
+    assert "overlap must be a multiple of 8 in [0, tile / 2], not 64" in capsys.readouterr().err

@@ -31,6 +31,7 @@ COLOR_FROM = ("auto", "a", "b", "none")
 # upscale="auto" enlarges images of up to half a megapixel by the weights' own factor (their record's
 # "auto_upscale", 2 for the bundled weights: docs/quality.md has the gains), larger ones not at
 # all: N times costs N^2 times the network's time and memory.
+DEFAULT_OVERLAP = 64  # pixels neighbouring tiles share, unless a tile is smaller than twice this
 AUTO_UPSCALE_MAX_PIXELS = 1 << 19  # 640x480 and 800x600 are below it, 1024x768 above
 
 ImageLike = str | Path | np.ndarray | Image.Image | SourceImage
@@ -160,7 +161,7 @@ class Fuser:
         precision: str = "fp32",
         name: str = "",
         tile: int | str | None = "auto",
-        overlap: int = 64,
+        overlap: int | None = None,
         compile: str | None = None,
         upscale: int | str = "auto",
         auto_upscale: int = 1,
@@ -171,7 +172,7 @@ class Fuser:
         self.text = text.to(self.device)
         self.name = name
         self.tile = check_tile(tile, overlap)
-        self.overlap = overlap
+        self.overlap = DEFAULT_OVERLAP if overlap is None else overlap  # (at most half a tile: _run_network)
         self.upscale = check_upscale(upscale)
         self.auto_upscale = check_upscale(auto_upscale, "auto_upscale", allow_auto=False)
         self.compile = check_compile(compile)
@@ -321,9 +322,12 @@ def check_upscale(upscale: int | str, name: str = "upscale", allow_auto: bool = 
     return factor
 
 
-def check_tile(tile: int | str | None, overlap: int = 64) -> int | str | None:
-    """``tile`` as the fuser uses it: ``"auto"``, None (never tile) or a tile side (multiple of 8, >= 64)."""
-    if overlap < 0 or overlap % 8:  # checked for "auto" too: its tiles come later, when an image is large
+def check_tile(tile: int | str | None, overlap: int | None = None) -> int | str | None:
+    """``tile`` as the fuser uses it: ``"auto"``, None (never tile) or a tile side (multiple of 8, >= 64).
+    ``overlap`` None: the default (``DEFAULT_OVERLAP``, or half a smaller tile), which always fits."""
+    if overlap is not None and (
+        overlap < 0 or overlap % 8
+    ):  # checked for "auto" too: its tiles come later, when an image is large
         raise UpfusionError(f"overlap must be a multiple of 8 and at least 0, not {overlap}")
     if tile == "auto" or tile is None:
         return tile
@@ -335,7 +339,7 @@ def check_tile(tile: int | str | None, overlap: int = 64) -> int | str | None:
         return None
     if size < 64 or size % 8:
         raise UpfusionError(f"tile must be a multiple of 8 and at least 64 pixels, not {size}")
-    if overlap > size // 2:
+    if overlap is not None and overlap > size // 2:
         raise UpfusionError(f"overlap must be a multiple of 8 in [0, tile / 2], not {overlap} (tile {size})")
     return size
 
@@ -390,7 +394,7 @@ def load(
     *,
     method: str = "upfusion",
     tile: int | str | None = "auto",
-    overlap: int = 64,
+    overlap: int | None = None,
     compile: str | None = None,
     upscale: int | str = "auto",
 ) -> Fuser:
@@ -405,7 +409,8 @@ def load(
     ``upfusion.baselines`` (then weights, device and precision are not used). ``tile``:
     ``"auto"`` (default: tiled only when an image would not fit in the free memory), 0 or None
     (never), or a tile side in pixels (multiple of 8); ``overlap``:
-    pixels shared by neighbouring tiles (``upfusion.tiling``). ``compile``: None (default,
+    pixels shared by neighbouring tiles (``upfusion.tiling``; a multiple of 8, at most half the
+    tile; None, the default: 64, or half the tile where that is less). ``compile``: None (default,
     eager), ``"blocks"`` (``torch.compile`` of each Restormer block: pays on GPUs, compiles for
     about a minute per input shape, that is per image size and batch size) or ``"model"`` (one
     graph; compiles for many minutes); a compiler failure warns and falls back to eager.

@@ -62,7 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--arithmetic", nargs="+", default=["fast"], choices=["fast", "plain", "fused"], help="default fast (see above)"
     )
     p.add_argument("--tile", type=int, metavar="PX", help="tiled inference with PX x PX tiles")
-    p.add_argument("--overlap", type=int, default=64, metavar="PX", help="tile overlap (default 64)")
+    p.add_argument(
+        "--overlap",
+        type=int,
+        metavar="PX",
+        help="tile overlap, as upfusion fuse's (default 64, or half a smaller tile)",
+    )
     add_compile_option(
         p,
         "torch.compile each Restormer block (default scope) or the whole model (one graph, many minutes to "
@@ -111,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import write_bytes_atomic
     from ..benchmark import BenchCase, machine_description, markdown_table, parse_size, run_isolated
     from ..errors import UpfusionError
-    from ..fuse import resolve_weights
+    from ..fuse import DEFAULT_OVERLAP, resolve_weights
     from ..presets import PRESETS
     from ..pretrained.checkpoint import checkpoint_paths
 
@@ -135,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
         raise UpfusionError("--runs and --batch must be at least 1, --warmup at least 0")
     if args.compile_mode and not args.compile:
         raise UpfusionError("--compile-mode needs --compile")
+    overlap = args.overlap
+    if overlap is None:  # as upfusion fuse's: 64, or half a smaller tile
+        overlap = min(DEFAULT_OVERLAP, args.tile // 2) if args.tile else DEFAULT_OVERLAP
     devices = _devices(args.device)
     for device in devices:
         if device == "cpu" and "fp16" in args.precision:
@@ -149,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             precision=precision,
             arithmetic=arithmetic,
             tile=args.tile,
-            overlap=args.overlap,
+            overlap=overlap,
             compile=args.compile,
             compile_mode=args.compile_mode,
             threads=args.threads,

@@ -162,10 +162,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overlap",
         type=int,
-        default=64,
         metavar="PX",
-        help="pixels shared by neighbouring tiles: a multiple of 8, at most half the tile (default 64, so a "
-        "--tile under 128 needs a smaller --overlap)",
+        help="pixels shared by neighbouring tiles: a multiple of 8, at most half the tile (default 64, or half "
+        "the tile where that is less)",
     )
     p.add_argument(
         "--upscale",
