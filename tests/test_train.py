@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -368,6 +369,11 @@ def test_cosine_schedule():
         ("steps: [1\n", "not valid YAML"),
         ("stepz: 3\n", "unknown option(s) stepz"),
         ("- 1\n", "must be a mapping"),
+        ("steps: four\n", "steps must be a whole number, not 'four'"),
+        ("lr: fast\n", "lr must be a number, not 'fast'"),
+        ("flips: maybe\n", "flips must be true or false, not 'maybe'"),
+        ("data: some/folder\n", "data must be a list of [folder_a, folder_b] pairs, not 'some/folder'"),
+        ("model: 5\n", "model must be a preset name or a mapping"),
     ],
 )
 def test_bad_config_file_is_one_line_error(tmp_path, capsys, text, message):
@@ -376,6 +382,38 @@ def test_bad_config_file_is_one_line_error(tmp_path, capsys, text, message):
     assert main(["train", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"upfusion train: error: {path}") and message in err and err.count("\n") == 1
+
+
+def test_yaml_exponent_numbers_are_numbers(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-3\nlr_min: 2E-5\n")  # YAML 1.1 reads these as strings
+    config = TrainConfig.from_dict(load_config_file(path), source=str(path))
+    assert (config.lr, config.lr_min) == (1e-3, 2e-5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"steps": 0}, "steps must be at least 1, not 0"),
+        ({"steps": None, "epochs": 0}, "epochs must be at least 1, not 0"),
+        ({"workers": -1}, "workers must be at least 0, not -1"),
+        ({"val_holdout": -2}, "val_holdout must be at least 0, not -2"),
+        ({"grad_clip": -1.0}, "grad_clip must be above 0"),
+        ({"small": "crop"}, "small must be pad or skip, not 'crop'"),
+        ({"device": "gpu"}, "device 'gpu' is unknown"),
+        ({"val_every": 2, "val_holdout": 2, "val_metrics": "nope"}, "val_metrics: unknown metric 'nope'"),
+    ],
+)
+def test_out_of_range_options_stop_before_training(folders, tmp_path, changes, message):
+    with pytest.raises(UpfusionError, match=re.escape(message)):
+        train(_config(folders, tmp_path / "x", **changes), progress=False)
+    assert not (tmp_path / "x" / "final.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_cuda_without_a_gpu_is_one_line_error(folders, tmp_path):
+    with pytest.raises(UpfusionError, match="device 'cuda': no CUDA device is available"):
+        train(_config(folders, tmp_path / "x", device="cuda"), progress=False)
 
 
 def test_errors_before_training(folders, tmp_path):

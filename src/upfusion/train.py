@@ -102,7 +102,7 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise UpfusionError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return cls(**{name: _checked_value(name, value, source) for name, value in d.items()})
 
     def validate(self) -> None:
         if not self.data:
@@ -110,9 +110,30 @@ class TrainConfig:
         for pair in list(self.data) + list(self.val_data):
             if len(pair) != 2:
                 raise UpfusionError(f"data entries are [folder_a, folder_b] pairs, not {pair!r}")
-        for name in ("crop", "batch_size", "checkpoint_every", "log_every", "val_max_pairs"):
-            if int(getattr(self, name)) < 1:
+        for name in (
+            "crop",
+            "batch_size",
+            "checkpoint_every",
+            "log_every",
+            "val_max_pairs",
+            "steps",
+            "epochs",
+            "threads",
+        ):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise UpfusionError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("warmup_steps", "val_holdout", "val_every", "workers"):
+            if int(getattr(self, name)) < 0:
+                raise UpfusionError(f"{name} must be at least 0, not {getattr(self, name)}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise UpfusionError(f"grad_clip must be above 0 (or absent: no clipping), not {self.grad_clip}")
+        if self.small not in ("pad", "skip"):
+            raise UpfusionError(f"small must be pad or skip, not {self.small!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise UpfusionError(f"device {self.device!r} is unknown (use auto, cpu, cuda or cuda:N)") from None
         if self.steps is not None and self.epochs is not None:
             raise UpfusionError("give steps or epochs, not both")
         if self.amp not in ("auto", "bf16", "off"):
@@ -132,6 +153,100 @@ class TrainConfig:
             get_loss(self.loss, self.loss_weights)
         except ValueError as exc:
             raise UpfusionError(str(exc)) from None
+        if self.val_every:
+            from .metrics import metric_names
+
+            try:
+                metric_names(self.val_metrics)
+            except ValueError as exc:
+                raise UpfusionError(f"val_metrics: {exc}") from None
+
+
+_WHOLE_NUMBERS = {
+    "crop",
+    "batch_size",
+    "steps",
+    "epochs",
+    "warmup_steps",
+    "seed",
+    "checkpoint_every",
+    "log_every",
+    "val_holdout",
+    "val_every",
+    "val_max_pairs",
+    "threads",
+    "workers",
+}
+_NUMBERS = {"blackout", "self_pairs", "contrast", "downscale", "black_margin", "lr", "lr_min", "grad_clip"}
+_TEXTS = {
+    "out",
+    "text_encoder",
+    "loss",
+    "small",
+    "amp",
+    "val_metrics",
+    "device",
+    "backbone_weights",
+    "prompt",
+    "text_embedding",
+    "init_weights",
+}
+_MAY_BE_NONE = {
+    "steps",
+    "epochs",
+    "threads",
+    "grad_clip",
+    "backbone_weights",
+    "prompt",
+    "text_embedding",
+    "init_weights",
+}
+
+
+def _checked_value(name: str, value: Any, source: str) -> Any:
+    """``value`` of option ``name`` if it has the option's type (a number written as YAML 1.1 reads
+    ``1e-4``, a string, becomes that number); otherwise an error naming the option and the value."""
+    if value is None and name in _MAY_BE_NONE:
+        return value
+    if name in _WHOLE_NUMBERS:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        kind = "a whole number"
+    elif name in _NUMBERS:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        kind = "a number"
+    elif name in _TEXTS:
+        if isinstance(value, str):
+            return value
+        kind = "a string"
+    elif name == "flips":
+        if isinstance(value, bool):
+            return value
+        kind = "true or false"
+    elif name in ("data", "val_data"):
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+            for pair in value
+        ):
+            return [list(pair) for pair in value]
+        kind = "a list of [folder_a, folder_b] pairs"
+    elif name == "model":
+        if isinstance(value, (str, dict)):
+            return value
+        kind = "a preset name or a mapping of network fields"
+    elif name == "loss_weights":
+        if isinstance(value, (str, dict)):
+            return value
+        kind = "a mapping of term: weight"
+    else:
+        return value
+    raise UpfusionError(f"{source}: {name} must be {kind}, not {value!r}")
 
 
 def _toml_reader() -> Any:
@@ -426,6 +541,8 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
     device_kind = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
     if device_kind == "auto":
         device_kind = "cpu"
+    if device_kind.startswith("cuda") and not torch.cuda.is_available():
+        raise UpfusionError(f"device {config.device!r}: no CUDA device is available to torch")
     dist_info = _init_distributed(device_kind.split(":")[0])
     device = torch.device(device_kind)
     if device.type == "cuda":
