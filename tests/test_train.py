@@ -416,6 +416,30 @@ def test_cuda_without_a_gpu_is_one_line_error(folders, tmp_path):
         train(_config(folders, tmp_path / "x", device="cuda"), progress=False)
 
 
+def test_a_new_run_does_not_overwrite_an_earlier_one(folders, tmp_path):
+    out = tmp_path / "run"
+    train(_config(folders, out, steps=2), progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(
+        UpfusionError, match=f"{re.escape(str(out))}: holds an earlier training run; continue it with --resume"
+    ):
+        train(_config(folders, out, steps=4), progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # log.csv, state.pt, final.*
+
+
+def test_output_folder_problems_are_one_line_errors(folders, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UpfusionError, match="file: is a file, not an output folder"):
+        train(_config(folders, tmp_path / "file"), progress=False)
+    with pytest.raises(UpfusionError, match="cannot create the output folder"):
+        train(_config(folders, tmp_path / "file" / "run"), progress=False)
+    with pytest.raises(UpfusionError, match="no such file or directory"):
+        train(
+            _config(folders, tmp_path / "run", data=[[str(tmp_path / "no_a"), str(tmp_path / "no_b")]]), progress=False
+        )
+    assert not (tmp_path / "run").exists()  # nothing created for a run that never started
+
+
 def test_errors_before_training(folders, tmp_path):
     with pytest.raises(UpfusionError, match="give steps or epochs, not both"):
         train(_config(folders, tmp_path / "x", epochs=1), progress=False)

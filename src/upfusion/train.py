@@ -535,6 +535,13 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         except Exception as exc:
             raise UpfusionError(f"{state_path}: not a readable training state ({exc})") from None
     config.validate()
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UpfusionError(f"{out}: is a file, not an output folder")
+    if state is None and ((out / STATE_FILE).exists() or (out / "final.json").exists()):
+        raise UpfusionError(
+            f"{out}: holds an earlier training run; continue it with --resume {out}, or give another --out"
+        )
     if config.threads:
         torch.set_num_threads(int(config.threads))
 
@@ -551,10 +558,6 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         torch.backends.cuda.matmul.allow_tf32 = False  # spec section 6: TF32 off
         torch.backends.cudnn.allow_tf32 = False
     use_bf16 = (config.amp == "bf16") or (config.amp == "auto" and device.type == "cuda")
-    out = Path(config.out)
-    if dist_info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints").mkdir(exist_ok=True)
 
     # data
     held_out: list[str] = []
@@ -675,7 +678,13 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
     log = val_log = tb = None
     parts_names = [*reported_terms(config.loss, config.loss_weights), *(["black"] if config.black_margin else [])]
     if dist_info.main:
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+        from .atomic import write_text_atomic
+
+        try:
+            (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UpfusionError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
+        write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
         log = _CsvLog(
             out / "log.csv",
             ["step", "epoch", "lr", "loss", *parts_names, "seconds"],
