@@ -151,6 +151,38 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(folders, tmp_path
     ]
 
 
+def test_resume_goes_on_in_the_resumed_folder_from_another_directory(folders, tmp_path, monkeypatch, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    train(_config(folders, Path("run"), steps=2), progress=False)  # a relative --out
+    monkeypatch.chdir(tmp_path / "b")
+    assert main(["train", "--resume", str(tmp_path / "a" / "run"), "--steps", "4", "--no-progress"]) == 0
+    assert [int(r["step"]) for r in _log(tmp_path / "a" / "run")] == [1, 2, 3, 4]
+    assert torch.load(tmp_path / "a" / "run" / "state.pt", weights_only=False)["step"] == 4
+    assert not list((tmp_path / "b").iterdir())  # not a second run folder under the current directory
+
+
+def test_resume_from_a_broken_state_is_one_line_error(folders, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(_config(folders, out, steps=2), progress=False)
+    capsys.readouterr()
+    good = out / "state.pt"
+    state = torch.load(good, weights_only=False)
+    del state["optimizer"]
+    torch.save(state, tmp_path / "lacking.pt")
+    torch.save({"config": state["config"]}, tmp_path / "other.pt")
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:5000])
+    for name, message in (
+        ("lacking.pt", "training state lacks optimizer"),
+        ("other.pt", "not an upfusion training state"),
+        ("truncated.pt", "not a readable training state"),
+    ):
+        assert main(["train", "--resume", str(tmp_path / name), "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"upfusion train: error: {tmp_path / name}: {message}") and err.count("\n") == 1
+
+
 def _free_port() -> int:
     import socket
 

@@ -512,6 +512,29 @@ class _Stop(Exception):
     """SIGTERM: stop after saving, as Ctrl-C does."""
 
 
+STATE_FORMAT = "upfusion-train-state"
+_STATE_KEYS = ("step", "model", "optimizer", "scheduler", "rng", "config", "text")
+
+
+def read_training_state(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """(the saved state, its file) of a run given as its folder or its ``state.pt``."""
+    path = Path(path)
+    state_path = path / STATE_FILE if path.is_dir() else path
+    if not state_path.is_file():
+        raise UpfusionError(f"{state_path}: no training state to resume from")
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UpfusionError(f"{state_path}: not a readable training state ({detail})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UpfusionError(f"{state_path}: not an upfusion training state")
+    missing = [key for key in _STATE_KEYS if key not in state]
+    if missing:
+        raise UpfusionError(f"{state_path}: training state lacks {', '.join(missing)}")
+    return state, state_path
+
+
 # ------------------------------------------------------------------------------------- train
 
 
@@ -524,16 +547,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
     from .presets import build_model
     from .pretrained.checkpoint import save_checkpoint, split_state_dict
 
-    state = None
-    if resume is not None:
-        resume = Path(resume)
-        state_path = resume / STATE_FILE if resume.is_dir() else resume
-        if not state_path.is_file():
-            raise UpfusionError(f"{state_path}: no training state to resume from")
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise UpfusionError(f"{state_path}: not a readable training state ({exc})") from None
+    state = read_training_state(resume)[0] if resume is not None else None
     config.validate()
     out = Path(config.out)
     if out.exists() and not out.is_dir():
@@ -651,7 +665,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         network, _ = split_state_dict(model)
         _atomic_torch_save(
             {
-                "format": "upfusion-train-state",
+                "format": STATE_FORMAT,
                 "step": step,
                 "model": network,
                 "optimizer": optimizer.state_dict(),

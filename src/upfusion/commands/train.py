@@ -17,9 +17,9 @@ Output (--out): state.pt (to --resume from), checkpoints/step_N.json and final.j
 that 'upfusion fuse --weights' reads), log.csv, val.csv, config.json, and TensorBoard events
 when the tensorboard package is installed. Ctrl-C or SIGTERM saves the state before stopping.
 
---resume continues exactly: weights, Adam state, schedule, random state and step. Options given
-with it override the saved run's; a new --steps or --epochs changes the run's length, and the
-cosine schedule then follows the new length from that step on.
+--resume continues exactly, in the run's folder: weights, Adam state, schedule, random state
+and step. Options given with it override the saved run's; a new --steps or --epochs changes the
+run's length, and the cosine schedule then follows the new length from that step on.
 
 --init-weights starts a new run (fresh Adam state and schedule) from a checkpoint's weights, to
 fine-tune them, e.g. the bundled 'default' weights on your own pairs. The checkpoint's frozen
@@ -136,23 +136,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace):
     """The run's TrainConfig: defaults, then the config file (or the resumed run's), then the command line."""
-    from pathlib import Path
-
-    import torch
-
-    from ..errors import UpfusionError
-    from ..train import STATE_FILE, TrainConfig, load_config_file
+    from ..train import TrainConfig, load_config_file, read_training_state
 
     values: dict = {}
     if getattr(args, "resume", None):
-        path = Path(args.resume)
-        state_path = path / STATE_FILE if path.is_dir() else path
-        if not state_path.is_file():
-            raise UpfusionError(f"{state_path}: no training state to resume from")
-        try:
-            values.update(torch.load(state_path, map_location="cpu", weights_only=False)["config"])
-        except Exception as exc:
-            raise UpfusionError(f"{state_path}: not a readable training state ({exc})") from None
+        state, state_path = read_training_state(args.resume)
+        values.update(state["config"])
+        values["out"] = str(state_path.parent)  # the run goes on in its own folder, wherever it was started
     if getattr(args, "config", None):
         values.update(load_config_file(args.config))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
