@@ -103,3 +103,29 @@ def test_unreadable_records_are_clear_errors(tmp_path):
 def test_text_embedding_width_must_match(tmp_path):
     with pytest.raises(ValueError, match="text_dim"):
         _save(UPFusion(SMALL), tmp_path / "m", text=np.zeros(8, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("weights", None, "'weights' must name the weights file, not None"),
+        ("weights", 5, "'weights' must name the weights file, not 5"),
+        ("text_embedding", "abc", "'text_embedding' must be a list of numbers"),
+        ("text_embedding", [0.5, None], "'text_embedding' must be a list of numbers"),
+        ("semantic_backbone", "convnext", "'semantic_backbone' must be null or"),
+    ],
+)
+def test_malformed_record_fields_are_clear_errors(tmp_path, field, value, message):
+    record_path = _save(UPFusion(SMALL), tmp_path / "m")
+    record = json.loads(record_path.read_text())
+    record[field] = value
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(UpfusionError, match=f"^{record_path}: {message}"):
+        load_network(record_path)
+
+
+def test_a_file_of_another_format_is_named_as_such(tmp_path):
+    model = UPFusion(SMALL)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(UpfusionError, match=f"^{tmp_path / 'model.pt'}: not an upfusion checkpoint"):
+        load_network(tmp_path / "model.pt")

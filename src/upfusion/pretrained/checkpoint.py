@@ -72,6 +72,11 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     if path.suffix == ".safetensors":
         path = path.with_suffix(".json")
     elif path.suffix != ".json":
+        if path.is_file() and not path.with_name(path.name + ".json").is_file():
+            raise UpfusionError(
+                f"{path}: not an upfusion checkpoint (give its .json record, its .safetensors weights, "
+                "their common stem or their folder)"
+            )
         path = path.with_name(path.name + ".json")
     if not path.is_file():
         raise UpfusionError(f"{path}: checkpoint record not found")
@@ -154,8 +159,16 @@ def read_record(path: str | Path) -> tuple[dict[str, Any], Path, Path]:
         raise UpfusionError(f"{record_path}: not a readable checkpoint record ({exc})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise UpfusionError(f"{record_path}: not an upfusion checkpoint record")
-    weights_path = record_path.parent / record.get("weights", weights_path.name)
-    return record, record_path, weights_path
+    weights = record.get("weights", weights_path.name)
+    if not isinstance(weights, str) or not weights:
+        raise UpfusionError(f"{record_path}: 'weights' must name the weights file, not {weights!r}")
+    text = record.get("text_embedding", [])
+    if not isinstance(text, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in text):
+        raise UpfusionError(f"{record_path}: 'text_embedding' must be a list of numbers")
+    backbone = record.get("semantic_backbone")
+    if backbone is not None and not (isinstance(backbone, dict) and isinstance(backbone.get("weights", ""), str)):
+        raise UpfusionError(f'{record_path}: \'semantic_backbone\' must be null or {{"name": ..., "weights": FILE}}')
+    return record, record_path, record_path.parent / weights
 
 
 def _sha256_mismatch(path: Path) -> UpfusionError:
