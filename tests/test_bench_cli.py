@@ -135,6 +135,26 @@ def test_bad_options_give_one_line_errors(args, message, capsys):
     assert len(err) == 1 and err[0].startswith("upfusion bench: error:") and message in err[0]
 
 
+def test_output_paths_are_checked_before_measuring(tmp_path, capsys):
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "file").write_text("x")
+    for option, path, message in (
+        ("--json", tmp_path / "folder.json", "is a folder, not a file"),
+        ("--markdown", tmp_path / "file" / "r.md", f"{tmp_path / 'file'} is not a folder"),
+    ):
+        assert main(["bench", "--size", "16x16", "--runs", "1", "--warmup", "0", option, str(path)]) == 1
+        captured = capsys.readouterr()
+        assert captured.err == f"upfusion bench: error: {option} {path}: {message}\n"  # no case was run
+        assert captured.out == ""
+
+
+def test_json_into_a_missing_folder_creates_it(checkpoint, tmp_path, capsys):
+    out_json = tmp_path / "new" / "sub" / "r.json"
+    argv = ["bench", "--weights", str(checkpoint), "--size", "16x16", "--device", "cpu", "--runs", "1"]
+    assert main([*argv, "--warmup", "0", "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["results"][0]["error"] is None
+
+
 def test_a_failing_configuration_is_reported_not_fatal():
     table = markdown_table(
         [

@@ -112,8 +112,32 @@ def _devices(names: list[str]) -> list[str]:
     return devices
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_output(path: Path, option: str) -> None:
+    """Fails before the measurements, not after them, on a path that cannot become a file."""
+    from ..errors import UpfusionError
+
+    if path.is_dir():
+        raise UpfusionError(f"{option} {path}: is a folder, not a file")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UpfusionError(f"{option} {path}: {parent} is not a folder")
+
+
+def _write(path: Path, data: bytes, option: str) -> None:
+    """Writes ``data`` to ``path`` atomically, creating its folder."""
     from ..atomic import write_bytes_atomic
+    from ..errors import UpfusionError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, data)
+    except OSError as exc:
+        raise UpfusionError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from None
+
+
+def run(args: argparse.Namespace) -> int:
     from ..benchmark import BenchCase, machine_description, markdown_table, parse_size, run_isolated
     from ..errors import UpfusionError
     from ..fuse import DEFAULT_OVERLAP, resolve_weights
@@ -144,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
     if overlap is None:  # as upfusion fuse's: 64, or half a smaller tile
         overlap = min(DEFAULT_OVERLAP, args.tile // 2) if args.tile else DEFAULT_OVERLAP
     devices = _devices(args.device)
+    if args.json:
+        _check_output(Path(args.json), "--json")
+    if args.markdown:
+        _check_output(Path(args.markdown), "--markdown")
     for device in devices:
         if device == "cpu" and "fp16" in args.precision:
             raise UpfusionError("--precision fp16 runs on CUDA devices only")
@@ -185,8 +213,8 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"\n{heading}")
     if args.markdown:
-        write_bytes_atomic(Path(args.markdown), f"{heading}\n\n{table}\n".encode())
+        _write(Path(args.markdown), f"{heading}\n\n{table}\n".encode(), "--markdown")
     if args.json:
         payload = {"machine": machine, "results": [r.to_dict() for r in results]}
-        write_bytes_atomic(Path(args.json), (json.dumps(payload, indent=1) + "\n").encode())
+        _write(Path(args.json), (json.dumps(payload, indent=1) + "\n").encode(), "--json")
     return 1 if any(r.error for r in results) else 0
