@@ -121,6 +121,22 @@ def test_enlarged_export_reproduces_upfusion_fuse_upscale(exported, capsys):
     assert "--upscale must be a whole number >= 1, not '0'" in capsys.readouterr().err
 
 
+@needs_onnx
+def test_output_path_problems_are_one_line_errors(tmp_path, capsys):
+    text = np.zeros(16, np.float32)
+    record = save_checkpoint(UPFusion(SMALL), tmp_path / "small", text_embedding=text, text_encoder="t", prompt="p")
+    (tmp_path / "folder.onnx").mkdir()
+    (tmp_path / "file").write_text("x")
+    for path, message in (
+        (tmp_path / "folder.onnx", "is a folder; give the ONNX file's name"),
+        (tmp_path / "file" / "m.onnx", "cannot write the ONNX file"),
+    ):
+        assert main(["export-onnx", str(path), "--weights", str(record), "--check", "none"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"upfusion export-onnx: error: {path}: {message}") and err.count("\n") == 1
+    assert (tmp_path / "file").read_text() == "x" and not list((tmp_path / "folder.onnx").iterdir())
+
+
 def test_missing_extra_is_one_clear_line(monkeypatch):
     import upfusion.pretrained.extras as extras
 

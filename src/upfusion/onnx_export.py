@@ -72,6 +72,17 @@ def export_onnx(
     require("onnx", "onnx", "ONNX export")
     require("onnxscript", "onnx", "ONNX export")
     path = Path(path)
+    if path.is_dir():
+        raise UpfusionError(f"{path}: is a folder; give the ONNX file's name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _export(model, text, path, opset, upscale)
+    except OSError as exc:
+        raise UpfusionError(f"{path}: cannot write the ONNX file ({exc.strerror or exc})") from None
+    return path
+
+
+def _export(model: UPFusion, text: torch.Tensor, path: Path, opset: int, upscale: int) -> None:
     wrapper = FixedPromptFusion(model.cpu().eval(), text.cpu(), upscale).eval()
     height, width = EXPORT_SIZE
     # a batch of 2: torch.export would fix a dimension of size 1 to 1
@@ -80,7 +91,6 @@ def export_onnx(
     rows = torch.export.Dim("rows", min=1, max=2048)  # H = 8 * rows: the network needs multiples of 8
     cols = torch.export.Dim("cols", min=1, max=2048)
     shape = {0: batch, 2: 8 * rows, 3: 8 * cols}
-    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         tmp_path = Path(tmp) / path.name
         with plain_arithmetic(), torch.no_grad(), warnings.catch_warnings():
@@ -102,7 +112,6 @@ def export_onnx(
             program.model.metadata_props["upfusion.upscale"] = str(upscale)
             program.save(str(tmp_path), external_data=False)
         tmp_path.replace(path)
-    return path
 
 
 def check_onnx(
