@@ -85,3 +85,43 @@ def test_convert_rejects_bad_inputs(tmp_path, capsys):
     np.save(tmp_path / "t.npy", np.zeros(512, np.float32))
     with pytest.raises(UpfusionError, match="not a UP-Fusion reference state dict"):
         convert_official(tmp_path / "other.pth", tmp_path / "out", text_embedding=tmp_path / "t.npy")
+
+
+def _parity_state():
+    return torch.load(shared_path("reference", "parity", "tiny_seed0.pth"), weights_only=True)["AWF"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("encoder_level1_vi.0.attn.temperature", torch.zeros(()), "a tensor has too few dimensions"),
+        ("channel_select.expand_conv.weight", torch.zeros(3), "a tensor has too few dimensions"),
+        ("encoder_level1_vi.0.attn.temperature", torch.zeros(3, 1, 1), "width 16 is not divisible by 3 heads"),
+    ],
+)
+def test_state_dicts_of_odd_shapes_are_one_line_errors_naming_the_file(tmp_path, capsys, key, value, message):
+    state = _parity_state()
+    state[key] = value
+    src = tmp_path / "odd.pth"
+    torch.save({"AWF": state}, src)
+    np.save(tmp_path / "t.npy", np.zeros(512, np.float32))
+    assert main(["convert-official", str(src), str(tmp_path / "out"), "--text-embedding", str(tmp_path / "t.npy")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"upfusion convert-official: error: {src}: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_source_or_output_paths_are_one_line_errors(tmp_path, capsys):
+    parity = str(shared_path("reference", "parity", "tiny_seed0.pth"))
+    np.save(tmp_path / "t.npy", np.zeros(512, np.float32))
+    (tmp_path / "folder.pth").mkdir()
+    (tmp_path / "file").write_text("x")
+    for src, out, message in (
+        (str(tmp_path / "folder.pth"), str(tmp_path / "out"), "folder.pth: is a folder, not a checkpoint file"),
+        (parity, str(tmp_path / "file"), "file: is a file, not an output folder"),
+        (parity, str(tmp_path / "file" / "sub"), "sub: cannot write the converted checkpoint"),
+    ):
+        assert main(["convert-official", src, out, "--text-embedding", str(tmp_path / "t.npy")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("upfusion convert-official: error: ") and message in err and err.count("\n") == 1
+    assert (tmp_path / "file").read_text() == "x"

@@ -30,6 +30,8 @@ BACKBONE_BY_WIDTH = {1024: "convnext_base", 768: "convnext_tiny"}
 
 def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
+    if path.is_dir():
+        raise UpfusionError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise UpfusionError(f"{path}: no such file")
     try:
@@ -67,15 +69,20 @@ def infer_config(state: dict[str, torch.Tensor]) -> ModelConfig:
         backbone_dim = state["channel_select.convnext_fc.weight"].shape[1]
     except KeyError as exc:
         raise UpfusionError(f"not a UP-Fusion reference state dict: key {exc} missing") from None
-    config = ModelConfig(
-        dim=dim,
-        num_blocks=blocks,
-        heads=heads,
-        num_refinement_blocks=refinement,
-        semantic_backbone=BACKBONE_BY_WIDTH.get(backbone_dim, "convnext_base"),
-        backbone_dim=backbone_dim,
-        text_dim=text_dim,
-    )
+    except IndexError:  # a tensor with fewer dimensions than the reference's
+        raise UpfusionError("not a UP-Fusion reference state dict: a tensor has too few dimensions") from None
+    try:
+        config = ModelConfig(
+            dim=dim,
+            num_blocks=blocks,
+            heads=heads,
+            num_refinement_blocks=refinement,
+            semantic_backbone=BACKBONE_BY_WIDTH.get(backbone_dim, "convnext_base"),
+            backbone_dim=backbone_dim,
+            text_dim=text_dim,
+        )
+    except ValueError as exc:
+        raise UpfusionError(f"unsupported variant: {exc}") from None
     checks = [
         ("GDFN width", int(dim * config.ffn_expansion_factor), hidden),
         ("SCPM kept channels", int(config.scpm_keep_ratio * dim), scpm_keep),
@@ -117,9 +124,14 @@ def convert_official(
     from ..presets import build_model
 
     src = Path(src)
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UpfusionError(f"{out_dir}: is a file, not an output folder")
     state = read_official_state_dict(src)
     state = {k: v for k, v in state.items() if not UNUSED_BRANCH.match(k)}
-    config = infer_config(state)
+    try:
+        config = infer_config(state)
+    except UpfusionError as exc:
+        raise UpfusionError(f"{src}: {exc}") from None
 
     if text_embedding is None:
         if config.text_dim != TEXT_DIMS["clip-vit-b-32"]:
@@ -141,13 +153,16 @@ def convert_official(
     if backbone_state:
         load_state_strict(model.channel_select.backbone, {f"features.{k}": v for k, v in backbone_state.items()}, src)
         backbone_source = "file"
-    return save_checkpoint(
-        model,
-        Path(out_dir) / name,
-        text_embedding=vector,
-        text_encoder="clip-vit-b-32",
-        prompt=PAPER_PROMPT,
-        text_embedding_precision=precision,
-        backbone_weights=backbone_source,
-        extra={"converted_from": src.name},
-    )
+    try:
+        return save_checkpoint(
+            model,
+            Path(out_dir) / name,
+            text_embedding=vector,
+            text_encoder="clip-vit-b-32",
+            prompt=PAPER_PROMPT,
+            text_embedding_precision=precision,
+            backbone_weights=backbone_source,
+            extra={"converted_from": src.name},
+        )
+    except OSError as exc:
+        raise UpfusionError(f"{out_dir}: cannot write the converted checkpoint ({exc.strerror or exc})") from None
