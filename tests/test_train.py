@@ -487,7 +487,9 @@ def test_errors_before_training(folders, tmp_path):
         train(_config(folders, tmp_path / "x", contrast=-1.0), progress=False)
     with pytest.raises(UpfusionError, match="loss 'reference' has no term l1_a; its terms: intensity, grad, ssim"):
         train(_config(folders, tmp_path / "x", loss_weights={"l1_a": 1.0}), progress=False)
-    with pytest.raises(UpfusionError, match="text embedding has 16 values; the model takes 384"):
+    with pytest.raises(
+        UpfusionError, match=f"^{folders / 'text.npy'}: text embedding has 16 values; the model takes 384"
+    ):
         train(_config(folders, tmp_path / "x", model={**SMALL_MODEL, "text_dim": 384}), progress=False)
 
 

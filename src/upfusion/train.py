@@ -380,7 +380,8 @@ def _text_embedding(config: TrainConfig, text_dim: int) -> tuple[np.ndarray, str
         emb = encode_prompt(config.text_encoder, prompt)
         vector, encoder, precision = emb.vector, emb.encoder, emb.precision
     if vector.size != text_dim:
-        raise UpfusionError(f"text embedding has {vector.size} values; the model takes {text_dim}")
+        where = f"{config.text_embedding}: " if config.text_embedding else ""
+        raise UpfusionError(f"{where}text embedding has {vector.size} values; the model takes {text_dim}")
     return vector, encoder, prompt, precision
 
 
