@@ -148,6 +148,14 @@ def test_output_paths_are_checked_before_measuring(tmp_path, capsys):
         assert captured.out == ""
 
 
+def test_a_malformed_record_stops_before_measuring(tmp_path, capsys):
+    (tmp_path / "broken.json").write_text("{not json")
+    assert main(["bench", "--weights", str(tmp_path / "broken.json"), "--size", "16x16", "--runs", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"upfusion bench: error: {tmp_path / 'broken.json'}: not a readable checkpoint")
+    assert captured.err.count("\n") == 1 and captured.out == ""  # no table: nothing was measured
+
+
 def test_json_into_a_missing_folder_creates_it(checkpoint, tmp_path, capsys):
     out_json = tmp_path / "new" / "sub" / "r.json"
     argv = ["bench", "--weights", str(checkpoint), "--size", "16x16", "--device", "cpu", "--runs", "1"]

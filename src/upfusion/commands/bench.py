@@ -142,11 +142,11 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UpfusionError
     from ..fuse import DEFAULT_OVERLAP, resolve_weights
     from ..presets import PRESETS
-    from ..pretrained.checkpoint import checkpoint_paths
+    from ..pretrained.checkpoint import read_record
 
     if args.weights:
         weights = resolve_weights(args.weights)  # a bundled name ("default") or a path, as fuse takes
-        checkpoint_paths(weights)  # fails early, naming the file
+        read_record(weights)  # fails early on a missing or malformed record, naming the file
         models = [dict(weights=str(weights.resolve()))]
     else:
         unknown = [name for name in args.preset if name not in PRESETS]
