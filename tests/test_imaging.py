@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import shared_path
+from conftest import png_claiming_size, shared_path
 from upfusion import imaging
 from upfusion.errors import UpfusionError
 from upfusion.imaging import FusedImage, SourceImage
@@ -285,6 +285,12 @@ def test_write_is_atomic_and_a_failed_encode_keeps_the_old_file(tmp_path):
     imaging.write_image(target, FusedImage(np.full((3, 5), 0.5, np.float32), 8))
     assert np.asarray(Image.open(target)).tolist() == [[128] * 5] * 3
     assert sorted(os.listdir(tmp_path)) == ["out.png"]  # no temporary file left behind
+
+
+def test_image_over_pillows_pixel_limit_is_not_called_corrupt(tmp_path):
+    huge = png_claiming_size(tmp_path / "huge.png", 20000, 10000)
+    with pytest.raises(UpfusionError, match=r"huge.png: too many pixels for Pillow to read \(Image size \(200000000"):
+        imaging.read_image(huge)
 
 
 def test_write_to_a_name_at_the_file_systems_length_limit(tmp_path):

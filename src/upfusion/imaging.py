@@ -324,6 +324,8 @@ def read_image(path: str | Path) -> SourceImage:
         raise
     except UnidentifiedImageError:
         raise UpfusionError(f"{path}: not an image file (unknown or unsupported format)") from None
+    except Image.DecompressionBombError as exc:  # a valid header, but more pixels than Pillow will decode
+        raise UpfusionError(f"{path}: too many pixels for Pillow to read ({exc})") from None
     except Exception as exc:  # Pillow raises many types for broken data (OSError, SyntaxError, ValueError...)
         raise UpfusionError(f"{path}: corrupt or truncated image ({exc.__class__.__name__}: {exc})") from None
     return from_array(array, str(path), path.suffix)
