@@ -1,7 +1,7 @@
 """One Restormer block stage at a time: the fused Triton kernels against the inference kernels.
 
     python benchmarks/bench_fused_stages.py [--batch 8] [--precision bf16] [--runs 20]
-        [--tiles 14x14:8 6x6:8 ...] [--compiled]
+        [--tiles 14x14:8 6x6:8 ...] [--programs-per-sm 1 4 64] [--compiled]
 
 For the paper preset's block shapes at 640x480 (48 channels, the level-1 encoders; 96 channels
 at 320x240, level 2; 96 channels at 640x480, the level-1 decoder and refinement; 192 channels at
@@ -12,7 +12,10 @@ kernel also applies the attention): the inference kernels (``fast_ops``, eager;
 (``fused_kernels``) with each kernel's default tiles (the largest that do not spill registers
 on an H100: ``benchmarks/kernel_resources.py``), then with each output tile and warp count of
 ``--tiles`` (``ROWSxCOLS:WARPS``) for both kernels: the defaults include tiles that spill, to
-see what spilling costs. Prints milliseconds (median of ``--runs`` after warm-up) and
+see what spilling costs; and with the default tiles and each count of ``--programs-per-sm``
+(the persistent grid's programs a launch starts per multiprocessor, 2 by default: with many,
+each program takes few tiles and the programs' scratch outgrows the L2 cache, as when each tile
+had a program of its own). Prints milliseconds (median of ``--runs`` after warm-up) and
 the bandwidth that the stage's unavoidable traffic (its input and output maps, and v for MDTA
 and the block) would need at that speed. On a CUDA GPU; ``--device cpu`` with ``TRITON_INTERPRET=1`` only
 checks that the script runs (use ``--size 16x24``).
@@ -51,6 +54,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--tiles", nargs="*", default=["14x14:8", "6x14:8", "6x6:8", "6x14:4"])
+    parser.add_argument("--programs-per-sm", nargs="*", type=int, default=[1, 4, 64])
     parser.add_argument("--compiled", action="store_true", help="also the inference kernels under torch.compile")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -81,13 +85,17 @@ def main() -> None:
 
         for stage, call, maps in (("MDTA", mdta, 3), ("GDFN", gdfn, 2), ("block", whole, 3)):
             traffic = maps * x.numel() * itemsize
-            variants = [("inference kernels", call, False, None)]
+            default_programs = fused_kernels.PROGRAMS_PER_SM
+            variants = [("inference kernels", call, False, None, default_programs)]
             if args.compiled:
-                variants.append(("inference kernels, compiled", torch.compile(call, dynamic=False), False, None))
-            variants.append(("fused, default tiles", call, True, None))
-            variants += [(f"fused, {text}", call, True, parse_config(text)) for text in args.tiles]
-            for name, fn, fused, config in variants:
+                compiled = torch.compile(call, dynamic=False)
+                variants.append(("inference kernels, compiled", compiled, False, None, default_programs))
+            variants.append(("fused, default tiles", call, True, None, default_programs))
+            variants += [(f"fused, {text}", call, True, parse_config(text), default_programs) for text in args.tiles]
+            variants += [(f"fused, default tiles, {n} programs/SM", call, True, None, n) for n in args.programs_per_sm]
+            for name, fn, fused, config, programs in variants:
                 fused_kernels.set_fused_kernels(fused, config)
+                fused_kernels.PROGRAMS_PER_SM = programs
                 try:
                     with warnings.catch_warnings(), inference_context(device, args.precision):
                         warnings.simplefilter("ignore")  # a tile that does not fit: said in the table
@@ -100,6 +108,7 @@ def main() -> None:
                     result = f"error: {type(error).__name__}: {str(error).splitlines()[0][:80]} |"
                 finally:
                     fused_kernels.set_fused_kernels(False)
+                    fused_kernels.PROGRAMS_PER_SM = default_programs
                 print(f"| {stage} | {c} | {w}x{h} | {name} | {result} |", flush=True)
 
 
