@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,30 @@ def test_a_few_steps_reduce_the_loss(folders, tmp_path):
     assert {k: float(v) for k, v in val[0].items() if k != "step"} == pytest.approx(expected, abs=2e-6)
 
 
+def test_a_second_ctrl_c_while_the_state_is_saved_does_not_stop_the_save(folders, tmp_path, monkeypatch):
+    import upfusion.train as train_module
+
+    calls = {"n": 0}
+    real_loss, real_save = losses.LOSSES["reference"], train_module._atomic_torch_save
+
+    def stop_at_third_step(a, b, f):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_loss(a, b, f)
+
+    def impatient_save(obj, path):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again while the first one's state is written
+        real_save(obj, path)
+
+    monkeypatch.setitem(losses.LOSSES, "reference", stop_at_third_step)
+    monkeypatch.setattr(train_module, "_atomic_torch_save", impatient_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(folders, tmp_path / "run"), progress=False)
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=False)["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(folders, tmp_path, monkeypatch):
     straight = load_network(train(_config(folders, tmp_path / "straight"), progress=False))[0]
 
@@ -193,7 +218,6 @@ def _free_port() -> int:
 
 def test_sigterm_to_the_process_group_saves_the_state_with_loader_workers(folders, tmp_path):
     """As `timeout` or Ctrl-C stop a run: the signal reaches the data-loader workers too."""
-    import signal
     import time
 
     import yaml

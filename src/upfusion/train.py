@@ -20,6 +20,7 @@ eval mode.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -29,6 +30,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -509,6 +511,20 @@ def _workers_started(loader):
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
+@contextlib.contextmanager
+def _stop_signals_ignored():
+    """Ctrl-C and SIGTERM ignored inside (the main thread only can set handlers): the state
+    saved after a first one is written whole, and a second (an impatient user, ``timeout``)
+    does not end the run with a traceback and no state."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in _STOP_SIGNALS} if main else {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class _Stop(Exception):
     """SIGTERM: stop after saving, as Ctrl-C does."""
 
@@ -808,7 +824,8 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         completed = True
         save_state(final=True)
     except (KeyboardInterrupt, _Stop):
-        save_state()
+        with _stop_signals_ignored():
+            save_state()
         if dist_info.main:
             print(f"upfusion train: stopped at step {step}; state saved to {out / STATE_FILE}", file=sys.stderr)
         raise KeyboardInterrupt from None
