@@ -197,53 +197,39 @@ def gdfn_residual_kernel(
     scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * SLICE)
     for t in range(program, tiles, tl.num_programs(0)):
         tile_w, tile_h, n = tile_of(t, tile_columns, tile_rows)
-        gdfn_residual_tile(
-            x_ptr, v_ptr, mt_ptr, out_ptr, scratch, ln_w_ptr, ln_b_ptr, w1_ptr, w2_ptr, dw1_ptr, dw2_ptr, wo_ptr,
-            height, width, channels, hidden_padded, tile_w, tile_h, n,
-            BLOCK_C, SLICE, TILE_H, TILE_W, HALO_P, OUT_P, DOT_DTYPE, PRECISION, EMULATED, WITH_ATTENTION, OUT_DTYPE,
-        )  # fmt: skip
+        pixel, inside = halo_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, HALO_P)
+        x = load_rows(x_ptr, pixel, inside, channels, BLOCK_C)
+        if WITH_ATTENTION:
+            x = with_attention(x, v_ptr, mt_ptr, pixel, inside, n, channels, BLOCK_C, DOT_DTYPE, PRECISION, EMULATED)
+        normed = layer_norm_rows(x, ln_w_ptr, ln_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
 
+        acc = tl.zeros((OUT_P, BLOCK_C), dtype=tl.float32)
+        for start in range(0, hidden_padded, SLICE):
+            hid = start + tl.arange(0, SLICE)
+            d1 = pointwise_depthwise(
+                normed, inside, w1_ptr, hidden_padded, dw1_ptr, start, SLICE, channels, scratch,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, SLICE, DOT_DTYPE, PRECISION, EMULATED,
+            )  # fmt: skip
+            d2 = pointwise_depthwise(
+                normed, inside, w2_ptr, hidden_padded, dw2_ptr, start, SLICE, channels, scratch,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, SLICE, DOT_DTYPE, PRECISION, EMULATED,
+            )  # fmt: skip
 
-@triton.jit
-def gdfn_residual_tile(
-    x_ptr, v_ptr, mt_ptr, out_ptr, scratch, ln_w_ptr, ln_b_ptr, w1_ptr, w2_ptr, dw1_ptr, dw2_ptr, wo_ptr,
-    height, width, channels, hidden_padded, tile_w, tile_h, n,
-    BLOCK_C: tl.constexpr, SLICE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-    HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    EMULATED: tl.constexpr, WITH_ATTENTION: tl.constexpr, OUT_DTYPE: tl.constexpr,
-):  # fmt: skip
-    """``gdfn_residual_kernel`` on one output tile."""
-    pixel, inside = halo_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, HALO_P)
-    x = load_rows(x_ptr, pixel, inside, channels, BLOCK_C)
-    if WITH_ATTENTION:
-        x = with_attention(x, v_ptr, mt_ptr, pixel, inside, n, channels, BLOCK_C, DOT_DTYPE, PRECISION, EMULATED)
-    normed = layer_norm_rows(x, ln_w_ptr, ln_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
+            gated = 0.5 * d1 * (1.0 + tl.math.erf(d1 * 0.7071067811865476)) * d2  # exact GELU, as F.gelu
+            ch = tl.arange(0, BLOCK_C)
+            wo = tl.load(wo_ptr + hid[:, None] * channels + ch[None, :], mask=(ch < channels)[None, :], other=0.0)
+            acc += dot(operand(gated, DOT_DTYPE, EMULATED), operand(wo, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
 
-    acc = tl.zeros((OUT_P, BLOCK_C), dtype=tl.float32)
-    for start in range(0, hidden_padded, SLICE):
-        hid = start + tl.arange(0, SLICE)
-        d1 = pointwise_depthwise(
-            normed, inside, w1_ptr, hidden_padded, dw1_ptr, start, SLICE, channels, scratch,
-            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, SLICE, DOT_DTYPE, PRECISION, EMULATED,
-        )  # fmt: skip
-        d2 = pointwise_depthwise(
-            normed, inside, w2_ptr, hidden_padded, dw2_ptr, start, SLICE, channels, scratch,
-            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, SLICE, DOT_DTYPE, PRECISION, EMULATED,
-        )  # fmt: skip
-
-        gated = 0.5 * d1 * (1.0 + tl.math.erf(d1 * 0.7071067811865476)) * d2  # exact GELU, as F.gelu
+        pixel, inside_out = output_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, OUT_P)
         ch = tl.arange(0, BLOCK_C)
-        wo = tl.load(wo_ptr + hid[:, None] * channels + ch[None, :], mask=(ch < channels)[None, :], other=0.0)
-        acc += dot(operand(gated, DOT_DTYPE, EMULATED), operand(wo, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
-
-    pixel, inside_out = output_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, OUT_P)
-    ch = tl.arange(0, BLOCK_C)
-    mask = inside_out[:, None] & (ch < channels)[None, :]
-    x = load_rows(x_ptr, pixel, inside_out, channels, BLOCK_C)
-    if WITH_ATTENTION:  # the residual is the attention's output (recomputed: it is not in registers here)
-        x = with_attention(x, v_ptr, mt_ptr, pixel, inside_out, n, channels, BLOCK_C, DOT_DTYPE, PRECISION, EMULATED)
-    result = rounded(x + acc, OUT_DTYPE, EMULATED)  # rounded once (as the inference kernels' addmm)
-    tl.store(out_ptr + pixel[:, None] * channels + ch[None, :], result.to(OUT_DTYPE), mask=mask)
+        mask = inside_out[:, None] & (ch < channels)[None, :]
+        x = load_rows(x_ptr, pixel, inside_out, channels, BLOCK_C)
+        if WITH_ATTENTION:  # the residual is the attention's output (recomputed: it is not in registers here)
+            x = with_attention(
+                x, v_ptr, mt_ptr, pixel, inside_out, n, channels, BLOCK_C, DOT_DTYPE, PRECISION, EMULATED
+            )
+        result = rounded(x + acc, OUT_DTYPE, EMULATED)  # rounded once (as the inference kernels' addmm)
+        tl.store(out_ptr + pixel[:, None] * channels + ch[None, :], result.to(OUT_DTYPE), mask=mask)
 
 
 @triton.jit
@@ -266,61 +252,43 @@ def attention_statistics_kernel(
     scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * HEAD_P)
     for t in range(program, tiles, tl.num_programs(0)):
         tile_w, tile_h, n = tile_of(t, tile_columns, tile_rows)
-        attention_statistics_tile(
-            xq_ptr, xkv_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch,
-            lnq_w_ptr, lnq_b_ptr, lnkv_w_ptr, lnkv_b_ptr, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
-            height, width, channels, heads, head_width, tile_w, tile_h, n,
-            BLOCK_C, HEAD_P, CHUNK, TILE_H, TILE_W, HALO_P, OUT_P, DOT_DTYPE, PRECISION, EMULATED, SAME_INPUT,
-        )  # fmt: skip
+        pixel_h, inside = halo_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, HALO_P)
+        xq = load_rows(xq_ptr, pixel_h, inside, channels, BLOCK_C)
+        normed_q = layer_norm_rows(xq, lnq_w_ptr, lnq_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
+        if SAME_INPUT:
+            normed_kv = normed_q
+        else:
+            xkv = load_rows(xkv_ptr, pixel_h, inside, channels, BLOCK_C)
+            normed_kv = layer_norm_rows(xkv, lnkv_w_ptr, lnkv_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
+        pixel, inside_out = output_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, OUT_P)
+        j = tl.arange(0, HEAD_P)
+        j_ok = j < head_width
 
+        for h in range(heads):
+            col0 = h * head_width
+            cols = col0 + j
+            # v, then q, then k through the one scratch tile; pixels outside the image count as 0.
+            # v is written first, so that it is not held with q and k.
+            v = pointwise_depthwise(
+                normed_kv, inside, wv_ptr, channels, dwv_ptr, col0, head_width, channels, scratch,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
+            )  # fmt: skip
+            out = values_ptr + pixel[:, None] * channels + cols[None, :]
+            tl.store(out, v.to(values_ptr.dtype.element_ty), mask=inside_out[:, None] & j_ok[None, :])
+            q = pointwise_depthwise(
+                normed_q, inside, wq_ptr, channels, dwq_ptr, col0, head_width, channels, scratch,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
+            )  # fmt: skip
+            q = tl.where(inside_out[:, None], q, 0.0)
+            k = pointwise_depthwise(
+                normed_kv, inside, wk_ptr, channels, dwk_ptr, col0, head_width, channels, scratch,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
+            )  # fmt: skip
+            k = tl.where(inside_out[:, None], k, 0.0)
 
-@triton.jit
-def attention_statistics_tile(
-    xq_ptr, xkv_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch,
-    lnq_w_ptr, lnq_b_ptr, lnkv_w_ptr, lnkv_b_ptr, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
-    height, width, channels, heads, head_width, tile_w, tile_h, n,
-    BLOCK_C: tl.constexpr, HEAD_P: tl.constexpr, CHUNK: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-    HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    EMULATED: tl.constexpr, SAME_INPUT: tl.constexpr,
-):  # fmt: skip
-    """``attention_statistics_kernel`` on one output tile."""
-    pixel_h, inside = halo_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, HALO_P)
-    xq = load_rows(xq_ptr, pixel_h, inside, channels, BLOCK_C)
-    normed_q = layer_norm_rows(xq, lnq_w_ptr, lnq_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
-    if SAME_INPUT:
-        normed_kv = normed_q
-    else:
-        xkv = load_rows(xkv_ptr, pixel_h, inside, channels, BLOCK_C)
-        normed_kv = layer_norm_rows(xkv, lnkv_w_ptr, lnkv_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
-    pixel, inside_out = output_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, OUT_P)
-    j = tl.arange(0, HEAD_P)
-    j_ok = j < head_width
-
-    for h in range(heads):
-        col0 = h * head_width
-        cols = col0 + j
-        # v, then q, then k through the one scratch tile; pixels outside the image count as 0.
-        # v is written first, so that it is not held with q and k.
-        v = pointwise_depthwise(
-            normed_kv, inside, wv_ptr, channels, dwv_ptr, col0, head_width, channels, scratch,
-            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
-        )  # fmt: skip
-        out = values_ptr + pixel[:, None] * channels + cols[None, :]
-        tl.store(out, v.to(values_ptr.dtype.element_ty), mask=inside_out[:, None] & j_ok[None, :])
-        q = pointwise_depthwise(
-            normed_q, inside, wq_ptr, channels, dwq_ptr, col0, head_width, channels, scratch,
-            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
-        )  # fmt: skip
-        q = tl.where(inside_out[:, None], q, 0.0)
-        k = pointwise_depthwise(
-            normed_kv, inside, wk_ptr, channels, dwk_ptr, col0, head_width, channels, scratch,
-            BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
-        )  # fmt: skip
-        k = tl.where(inside_out[:, None], k, 0.0)
-
-        gram = dot(operand(tl.trans(q), DOT_DTYPE, EMULATED), operand(k, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
-        g_offsets = ((n * heads + h) * head_width + j[:, None]) * head_width + j[None, :]
-        # relaxed: only the sums matter, and they are read after the kernel has ended
-        tl.atomic_add(gram_ptr + g_offsets, gram, mask=j_ok[:, None] & j_ok[None, :], sem="relaxed")
-        tl.atomic_add(q_sq_ptr + n * channels + cols, tl.sum(q * q, axis=0), mask=j_ok, sem="relaxed")
-        tl.atomic_add(k_sq_ptr + n * channels + cols, tl.sum(k * k, axis=0), mask=j_ok, sem="relaxed")
+            gram = dot(operand(tl.trans(q), DOT_DTYPE, EMULATED), operand(k, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
+            g_offsets = ((n * heads + h) * head_width + j[:, None]) * head_width + j[None, :]
+            # relaxed: only the sums matter, and they are read after the kernel has ended
+            tl.atomic_add(gram_ptr + g_offsets, gram, mask=j_ok[:, None] & j_ok[None, :], sem="relaxed")
+            tl.atomic_add(q_sq_ptr + n * channels + cols, tl.sum(q * q, axis=0), mask=j_ok, sem="relaxed")
+            tl.atomic_add(k_sq_ptr + n * channels + cols, tl.sum(k * k, axis=0), mask=j_ok, sem="relaxed")
