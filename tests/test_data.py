@@ -231,3 +231,23 @@ def test_several_folder_pairs_keep_equal_stems_apart(tmp_path):
     sources = [(tmp_path / c / "train" / "vi", tmp_path / c / "train" / "ir") for c in ("one", "two")]
     ds = FusionPairs(sources, crop=8)
     assert len(ds) == 2 and [s.split("/")[-3:] for s in ds.stems] == [["one", "train", "x"], ["two", "train", "x"]]
+
+
+def test_sibling_folder_pairs_under_one_parent_keep_their_stems_apart(tmp_path):
+    # data/vi + data/ir and data/vi2 + data/ir2 share their parent: every stem must still be its own
+    for a, b in (("vi", "ir"), ("vi2", "ir2")):
+        for stem in ("x", "y"):
+            _write(tmp_path / a, f"{stem}.png", np.zeros((16, 16), np.uint8))
+            _write(tmp_path / b, f"{stem}.png", np.zeros((16, 16), np.uint8))
+    sources = [(tmp_path / "vi", tmp_path / "ir"), (tmp_path / "vi2", tmp_path / "ir2")]
+    stems = [stem for stem, _, _ in index_pairs(sources).pairs]
+    assert len(set(stems)) == 4 and [s.split("/")[-2:] for s in stems] == [
+        ["vi", "x"],
+        ["vi", "y"],
+        ["vi2", "x"],
+        ["vi2", "y"],
+    ]
+    held_out = FusionPairs(sources, crop=8, exclude=[stems[0]])  # holding out one pair leaves three
+    assert len(held_out) == 3 and stems[0] not in held_out.stems
+    with pytest.raises(UpfusionError, match=r"ir: the same folder pair is given twice$"):
+        index_pairs([sources[0], sources[1], sources[0]])

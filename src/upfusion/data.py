@@ -67,15 +67,31 @@ def index_pairs(sources: Sequence[tuple[str | Path, str | Path]]) -> PairIndex:
     if not sources:
         raise UpfusionError("no training folders given")
     index = PairIndex()
-    for folder_a, folder_b in sources:
+    # with several folder pairs, a stem is named by its folder's parent (e.g. msrs/train/00001D)
+    names = _source_names(sources) if len(sources) > 1 else [""] * len(sources)
+    for (folder_a, folder_b), name in zip(sources, names, strict=True):
         pairing = pair_by_stem(Path(folder_a), Path(folder_b))
         if not pairing.pairs:
             raise UpfusionError(f"{folder_a} and {folder_b}: no pair of images shares a file stem")
-        # with several folder pairs, a stem is named by its folder's parent (e.g. msrs/train/00001D)
-        prefix = f"{Path(folder_a).parent.as_posix()}/" if len(sources) > 1 else ""
+        prefix = f"{name}/" if name else ""
         index.pairs.extend((prefix + stem, a, b) for stem, (a, b) in pairing.pairs)
         index.unmatched.extend(pairing.unmatched)
     return index
+
+
+def _source_names(sources: Sequence[tuple[str | Path, str | Path]]) -> list[str]:
+    """A distinct name for each folder pair: folder A's parent (msrs/train); where two share
+    it (data/vi + data/ir, data/vi2 + data/ir2), folder A; where two share that, both folders."""
+    for name_of in (
+        lambda a, b: a.parent.as_posix(),
+        lambda a, b: a.as_posix(),
+        lambda a, b: f"{a.as_posix()}+{b.as_posix()}",
+    ):
+        names = [name_of(Path(a), Path(b)) for a, b in sources]
+        if len(set(names)) == len(names):
+            return names
+    twice = next(pair for i, pair in enumerate(sources) if names.index(names[i]) != i)
+    raise UpfusionError(f"{twice[0]} and {twice[1]}: the same folder pair is given twice")
 
 
 CONTRAST_GAIN_MAX = 2.5  # the largest gain of the contrast augmentation
