@@ -251,3 +251,23 @@ def test_sibling_folder_pairs_under_one_parent_keep_their_stems_apart(tmp_path):
     assert len(held_out) == 3 and stems[0] not in held_out.stems
     with pytest.raises(UpfusionError, match=r"ir: the same folder pair is given twice$"):
         index_pairs([sources[0], sources[1], sources[0]])
+
+
+def test_exif_orientation_is_applied_as_upfusion_fuse_reads_it(tmp_path):
+    from upfusion.imaging import read_image
+
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored sideways: viewers (and upfusion fuse) turn it 90 degrees
+    im.save(tmp_path / "photo.jpg", exif=exif)
+    arr = read_image_u8(tmp_path / "photo.jpg")
+    assert arr.shape == (30, 20, 3)
+    np.testing.assert_array_equal(arr, np.round(read_image(tmp_path / "photo.jpg").pixels * 255))
+
+
+def test_image_over_pillows_pixel_limit_is_named(tmp_path, monkeypatch):
+    _write(tmp_path, "big.png", np.zeros((40, 40), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels: over twice the limit
+    with pytest.raises(UpfusionError, match=r"big.png: too many pixels for Pillow to read"):
+        read_image_u8(tmp_path / "big.png")
