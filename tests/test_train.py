@@ -503,6 +503,11 @@ def test_errors_before_training(folders, tmp_path):
         train(_config(folders, tmp_path / "x"), resume=tmp_path / "nothing", progress=False)
     with pytest.raises(UpfusionError, match="fewer than one step's batch"):
         train(_config(folders, tmp_path / "x", batch_size=7), progress=False)
+    for holdout in (6, 9):  # of 6 pairs: was cut to 5 without a word, leaving one to train on
+        with pytest.raises(
+            UpfusionError, match=f"^val_holdout {holdout}: the training data has 6 pairs; hold out fewer"
+        ):
+            train(_config(folders, tmp_path / "x", val_holdout=holdout, val_every=1, batch_size=1), progress=False)
     with pytest.raises(UpfusionError, match="black_margin is a level in"):
         train(_config(folders, tmp_path / "x", black_margin=-0.1), progress=False)
     with pytest.raises(UpfusionError, match="self_pairs is a probability in"):

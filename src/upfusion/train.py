@@ -594,10 +594,13 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
     held_out: list[str] = []
     if config.val_holdout:
         stems = [stem for stem, _, _ in index_pairs([tuple(p) for p in config.data]).pairs]
+        if config.val_holdout >= len(stems):
+            raise UpfusionError(
+                f"val_holdout {config.val_holdout}: the training data has {len(stems)} pairs; "
+                "hold out fewer, so that some are left to train on"
+            )
         rng = np.random.default_rng(config.seed)
-        held_out = sorted(
-            str(s) for s in rng.choice(stems, size=min(config.val_holdout, len(stems) - 1), replace=False)
-        )
+        held_out = sorted(str(s) for s in rng.choice(stems, size=config.val_holdout, replace=False))
     dataset = FusionPairs(
         [tuple(p) for p in config.data],
         crop=config.crop,
