@@ -316,3 +316,12 @@ def test_source_image_is_a_plain_record():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert image.luma() is image.pixels
+
+
+def test_big_endian_arrays_are_read_like_native_ones():
+    values = np.array([[0, 1000, 65535]], np.uint16)
+    image = imaging.from_array(values.astype(">u2"))
+    assert image.bit_depth == 16
+    assert np.array_equal(image.pixels, imaging.from_array(values).pixels)
+    floats = imaging.from_array(np.array([[0.25, 0.5]], ">f8"))
+    assert floats.pixels.tolist() == [[0.25, 0.5]]

@@ -272,6 +272,8 @@ def from_array(array: np.ndarray, name: str = "array", suffix: str | None = None
     uint8 (8-bit), uint16 (16-bit), or floating point in [0, 1] (taken as 8-bit for output).
     """
     array = np.asarray(array)
+    if not array.dtype.isnative:  # big-endian data (FITS, some TIFF readers): the same values, native order
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.ndim == 3 and array.shape[-1] in (2, 4):
         warnings.warn(f"{name}: alpha channel ignored", UserWarning, stacklevel=2)
         array = array[..., :-1]
