@@ -325,3 +325,18 @@ def test_big_endian_arrays_are_read_like_native_ones():
     assert np.array_equal(image.pixels, imaging.from_array(values).pixels)
     floats = imaging.from_array(np.array([[0.25, 0.5]], ">f8"))
     assert floats.pixels.tolist() == [[0.25, 0.5]]
+
+
+def test_a_broken_or_closed_pil_image_is_named_not_a_pillow_traceback(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(_rng().integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    (tmp_path / "cut.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with Image.open(tmp_path / "cut.png") as cut:
+        with pytest.raises(UpfusionError, match=r"cut\.png: corrupt, truncated or closed image \(OSError: image file"):
+            imaging.from_pil(cut, cut.filename)
+    closed = Image.open(io.BytesIO(buffer.getvalue()))
+    closed.close()
+    with pytest.raises(
+        UpfusionError, match=r"^b: corrupt, truncated or closed image \(ValueError: Operation on closed"
+    ):
+        imaging.from_pil(closed, "b")

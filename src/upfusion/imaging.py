@@ -300,6 +300,10 @@ def from_array(array: np.ndarray, name: str = "array", suffix: str | None = None
 
 def from_pil(im: Image.Image, name: str = "image", suffix: str | None = None) -> SourceImage:
     """A Pillow image (any mode) as a ``SourceImage``."""
+    try:
+        im.load()  # a lazily opened file decodes here: a truncated or closed one fails here
+    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError... for broken data
+        raise UpfusionError(f"{name}: corrupt, truncated or closed image ({exc.__class__.__name__}: {exc})") from None
     return from_array(_pil_to_array(im, name), name, suffix)
 
 
