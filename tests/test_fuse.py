@@ -160,6 +160,25 @@ def test_types_follow_the_first_source(fuser, tmp_path):
     assert floats.dtype == np.float32 and np.abs(floats * 255 - expected).max() <= 0.5 + 1e-3
 
 
+def test_any_path_like_object_is_a_path(tmp_path):
+    class FilePath:  # os.PathLike, not pathlib: py.path (pytest's tmpdir), cloud and archive paths
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+        def __fspath__(self) -> str:
+            return str(self.path)
+
+    a = RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    b = RNG.integers(0, 256, (6, 5), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    average = upfusion.load(method="average")
+    fused = average.fuse(FilePath(tmp_path / "a.png"), FilePath(tmp_path / "b.png"))
+    assert fused.dtype == np.uint8 and np.array_equal(fused, average.fuse(a, b))
+    with pytest.raises(UpfusionError, match=r"missing\.png: no such file"):
+        average.fuse(FilePath(tmp_path / "missing.png"), b)
+
+
 def test_16bit_sources_give_16bit_output(fuser):
     a = RNG.integers(0, 65536, (16, 16), dtype=np.uint16)
     b = RNG.integers(0, 65536, (16, 16), dtype=np.uint16)

@@ -11,6 +11,7 @@ Classic methods (``upfusion.baselines``) run through the same pipeline: ``load(m
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ COLOR_FROM = ("auto", "a", "b", "none")
 DEFAULT_OVERLAP = 64  # pixels neighbouring tiles share, unless a tile is smaller than twice this
 AUTO_UPSCALE_MAX_PIXELS = 1 << 19  # 640x480 and 800x600 are below it, 1024x768 above
 
-ImageLike = str | Path | np.ndarray | Image.Image | SourceImage
+ImageLike = str | os.PathLike | np.ndarray | Image.Image | SourceImage
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def as_source(image: ImageLike, label: str) -> SourceImage:
     """Any accepted input (path, numpy array, PIL image) as a ``SourceImage``."""
     if isinstance(image, SourceImage):
         return image
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, os.PathLike)):  # pathlib, py.path (pytest's tmpdir), other path types
         return imaging.read_image(image)
     if isinstance(image, Image.Image):
         return imaging.from_pil(image, getattr(image, "filename", "") or label)
