@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 import warnings
@@ -200,6 +201,27 @@ def test_fuse_batch_matches_single_calls(fuser):
         single = fuser.fuse(a, b)
         assert got.shape == single.shape
         assert np.abs(got.astype(int) - single).max() <= 1
+
+
+def test_fuse_batch_takes_any_iterable_and_names_a_malformed_pair_or_batch_size():
+    average = upfusion.load(method="average")
+    a = np.array([[0, 100]], np.uint8)
+    b = np.array([[50, 200]], np.uint8)
+    assert average.fuse_batch([]) == []
+    fused = average.fuse_batch(((a, b) for _ in range(3)), batch_size=2)  # a generator
+    assert [x.tolist() for x in fused] == [[[25, 150]]] * 3
+    with pytest.raises(UpfusionError, match=r"^pairs\[1\]: expected a pair \(a, b\), not a tuple of 3 items$"):
+        average.fuse_batch([(a, b), (a, b, b)])
+    with pytest.raises(UpfusionError, match=r"^pairs\[0\]: expected a pair \(a, b\), not a tuple of 1 items$"):
+        average.fuse_batch([(a,)])
+    with pytest.raises(UpfusionError, match=r"^pairs must be an iterable of \(a, b\) pairs, not int$"):
+        average.fuse_batch(5)
+    for bad in (0, -1, 1.5, "2", True, None):
+        with pytest.raises(
+            UpfusionError, match=rf"^batch_size must be a whole number >= 1, not {re.escape(repr(bad))}$"
+        ):
+            average.fuse_batch([(a, b)], batch_size=bad)
+    assert average.fuse_batch([(a, b)], batch_size=np.int64(1))[0].tolist() == [[25, 150]]
 
 
 def test_size_mismatch_is_an_error_unless_b_is_resized(fuser):

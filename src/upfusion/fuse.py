@@ -204,15 +204,26 @@ class Fuser:
         batch_size: int = 4,
     ) -> list[Any]:
         """``fuse`` for many pairs; pairs of one size share network calls of up to ``batch_size`` pairs."""
-        pairs = list(pairs)
-        sources = [(as_source(a, f"a[{i}]"), as_source(b, f"b[{i}]")) for i, (a, b) in enumerate(pairs)]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise UpfusionError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
+        try:
+            iterator = iter(pairs)
+        except TypeError:
+            raise UpfusionError(f"pairs must be an iterable of (a, b) pairs, not {type(pairs).__name__}") from None
+        sources, firsts = [], []  # the decoded pairs; each pair's a, whose type the result takes
+        for i, pair in enumerate(iterator):
+            try:
+                a, b = pair
+            except (TypeError, ValueError):
+                size = f" of {len(pair)} items" if isinstance(pair, (tuple, list)) else ""
+                raise UpfusionError(f"pairs[{i}]: expected a pair (a, b), not a {type(pair).__name__}{size}") from None
+            sources.append((as_source(a, f"a[{i}]"), as_source(b, f"b[{i}]")))
+            firsts.append(a)
         results: list[Any] = []
-        for start in range(0, len(sources), max(1, batch_size)):
-            chunk = sources[start : start + max(1, batch_size)]
+        for start in range(0, len(sources), batch_size):
+            chunk = sources[start : start + batch_size]
             fused = self.fuse_sources(chunk, color_from=color_from, resize_b_to_a=resize_b_to_a)
-            results.extend(
-                _like_input(f, pair[0]) for f, pair in zip(fused, pairs[start : start + len(chunk)], strict=True)
-            )
+            results.extend(_like_input(f, a) for f, a in zip(fused, firsts[start : start + len(chunk)], strict=True))
         return results
 
     def fuse_sources(
