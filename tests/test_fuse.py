@@ -224,6 +224,26 @@ def test_fuse_batch_takes_any_iterable_and_names_a_malformed_pair_or_batch_size(
     assert average.fuse_batch([(a, b)], batch_size=np.int64(1))[0].tolist() == [[25, 150]]
 
 
+@pytest.mark.parametrize(
+    "tile,overlap,message",
+    [
+        (64.5, None, "tile must be 'auto', 0 (never) or a size in pixels, not 64.5"),  # was taken as 64
+        (True, None, "tile must be 'auto', 0 (never) or a size in pixels, not True"),
+        (64, "16", "overlap must be a multiple of 8 and at least 0, not '16'"),  # was a TypeError
+        ("auto", 16.0, "overlap must be a multiple of 8 and at least 0, not 16.0"),
+    ],
+)
+def test_tile_and_overlap_must_be_whole_numbers(tile, overlap, message):
+    with pytest.raises(UpfusionError, match=f"^{re.escape(message)}$"):
+        fuse_module.check_tile(tile, overlap)
+
+
+def test_tile_and_overlap_given_as_numbers_or_text():
+    assert fuse_module.check_tile("64", 16) == 64
+    assert fuse_module.check_tile(np.int64(128), np.int64(32)) == 128
+    assert fuse_module.check_tile("0") is None
+
+
 def test_size_mismatch_is_an_error_unless_b_is_resized(fuser):
     a = np.zeros((16, 24), np.uint8)
     b = np.zeros((16, 20), np.uint8)

@@ -337,16 +337,19 @@ def check_upscale(upscale: int | str, name: str = "upscale", allow_auto: bool = 
 def check_tile(tile: int | str | None, overlap: int | None = None) -> int | str | None:
     """``tile`` as the fuser uses it: ``"auto"``, None (never tile) or a tile side (multiple of 8, >= 64).
     ``overlap`` None: the default (``DEFAULT_OVERLAP``, or half a smaller tile), which always fits."""
+    # overlap is checked for "auto" too: its tiles come later, when an image is large
     if overlap is not None and (
-        overlap < 0 or overlap % 8
-    ):  # checked for "auto" too: its tiles come later, when an image is large
-        raise UpfusionError(f"overlap must be a multiple of 8 and at least 0, not {overlap}")
+        isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0 or overlap % 8
+    ):
+        raise UpfusionError(f"overlap must be a multiple of 8 and at least 0, not {overlap!r}")
     if tile == "auto" or tile is None:
         return tile
     try:
         size = int(tile)
     except (TypeError, ValueError):
-        raise UpfusionError(f"tile must be 'auto', 0 (never) or a size in pixels, not {tile!r}") from None
+        size = None
+    if size is None or str(size) != str(tile).strip():  # 64.5 or True are not sizes (int() would take them)
+        raise UpfusionError(f"tile must be 'auto', 0 (never) or a size in pixels, not {tile!r}")
     if size == 0:
         return None
     if size < 64 or size % 8:
