@@ -340,3 +340,12 @@ def test_a_broken_or_closed_pil_image_is_named_not_a_pillow_traceback(tmp_path):
         UpfusionError, match=r"^b: corrupt, truncated or closed image \(ValueError: Operation on closed"
     ):
         imaging.from_pil(closed, "b")
+
+
+def test_bool_arrays_are_bilevel_images_like_mode_1():
+    mask = np.array([[True, False, True]])
+    image = imaging.from_array(mask)
+    assert image.bit_depth == 8 and image.pixels.tolist() == [[1.0, 0.0, 1.0]]
+    bilevel = Image.fromarray(mask)  # mode "1"; np.asarray of it is bool again
+    assert np.asarray(bilevel).dtype == np.bool_
+    assert np.array_equal(imaging.from_array(np.asarray(bilevel)).pixels, imaging.from_pil(bilevel).pixels)

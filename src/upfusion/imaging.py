@@ -269,9 +269,12 @@ def from_array(array: np.ndarray, name: str = "array", suffix: str | None = None
     """A numpy image as a ``SourceImage``.
 
     ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` (alpha ignored, with a warning);
-    uint8 (8-bit), uint16 (16-bit), or floating point in [0, 1] (taken as 8-bit for output).
+    uint8 (8-bit), uint16 (16-bit), floating point in [0, 1] (taken as 8-bit for output), or bool
+    (bilevel: 0 and 255, like a mode "1" PIL image).
     """
     array = np.asarray(array)
+    if array.dtype == np.bool_:  # a bilevel image (np.asarray of a mode "1" PIL image): black and white
+        array = array.astype(np.uint8) * np.uint8(255)
     if not array.dtype.isnative:  # big-endian data (FITS, some TIFF readers): the same values, native order
         array = array.astype(array.dtype.newbyteorder("="))
     if array.ndim == 3 and array.shape[-1] in (2, 4):
