@@ -5,11 +5,17 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import upfusion
 from upfusion.cli import main
 from upfusion.errors import UpfusionError
 from upfusion.model import ModelConfig, UPFusion
@@ -75,6 +81,12 @@ def test_exported_graph_has_two_dynamic_inputs_and_the_prompt_inside(exported):
     assert [o.name for o in graph.output] == ["fused"]
     dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
     assert dims[1] == 1 and all(isinstance(d, str) and d for d in (dims[0], dims[2], dims[3]))
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    record = json.loads(exported[3].read_text())
+    assert meta["upfusion.upscale"] == "1" and meta["upfusion.version"] == upfusion.__version__
+    assert meta["upfusion.weights"] == str(exported[3]) and meta["upfusion.prompt"] == "p"
+    assert meta["upfusion.weights_sha256"] == record["weights_sha256"] and meta["upfusion.text_encoder"] == "t"
+    assert "multiples of 8" in meta["upfusion.inputs"] and "clamp to [0, 1]" in meta["upfusion.output"]
     assert not any(f.name.endswith(".tmp") for f in path.parent.iterdir())  # written by rename
 
 
@@ -119,6 +131,33 @@ def test_enlarged_export_reproduces_upfusion_fuse_upscale(exported, capsys):
     assert np.abs(graph_out[:, 0] - one_x).max() > 1e-3  # (the enlargement changes the result)
     assert main(["export-onnx", str(enlarged), "--weights", str(record), "--upscale", "0"]) == 1
     assert "--upscale must be a whole number >= 1, not '0'" in capsys.readouterr().err
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_onnx_example_script_matches_upfusion_fuse(exported, tmp_path):
+    """benchmarks/onnx_fuse.py (numpy, Pillow, onnxruntime) gives upfusion.load().fuse's image on
+    crops of the sample pairs that are not multiples of 8: colour (MSRS), grey, and tiny."""
+    _, _, path, record, _, _ = exported
+    samples = Path(__file__).parents[1] / "samples"
+    fuser = upfusion.load(record, device="cpu")
+    cases = {
+        "colour": ("msrs/vi/00016N.png", "msrs/ir/00016N.png", (300, 200, 403, 277)),
+        "grey": ("ct-mri/mri/20.png", "ct-mri/ct/20.png", (60, 70, 157, 141)),
+        "tiny": ("msrs/vi/00016N.png", "msrs/ir/00016N.png", (320, 240, 325, 243)),
+    }
+    for name, (a_file, b_file, box) in cases.items():
+        a, b = tmp_path / f"{name}-a.png", tmp_path / f"{name}-b.png"
+        Image.open(samples / a_file).crop(box).save(a)
+        Image.open(samples / b_file).crop(box).save(b)
+        out = tmp_path / f"{name}-out.png"
+        script = Path(__file__).parents[1] / "benchmarks" / "onnx_fuse.py"
+        subprocess.run([sys.executable, str(script), str(path), str(a), str(b), str(out)], check=True)
+        mine = np.asarray(Image.open(out)).astype(int)
+        expected = fuser.fuse(a, b).astype(int)
+        assert mine.shape == expected.shape and mine.shape[:2] == (box[3] - box[1], box[2] - box[0])
+        assert mine.ndim == (2 if name == "grey" else 3)
+        assert np.abs(mine - expected).max() <= 1, name  # (measured: equal, 0 levels, on all three)
 
 
 @needs_onnx

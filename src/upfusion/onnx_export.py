@@ -4,7 +4,8 @@ The exported graph takes ``a`` and ``b`` ([N, 1, H, W] float32 in [0, 1], H and 
 of 8: pad at the bottom and right as ``upfusion fuse`` does) and returns the unclamped fused
 luma ``fused`` [N, 1, H, W]. The checkpoint's prompt embedding is baked in as a constant. With
 ``upscale=K`` the graph also enlarges its inputs K times and averages the output back, as
-``upfusion fuse --upscale K`` does; the file's metadata ``upfusion.upscale`` says which K.
+``upfusion fuse --upscale K`` does; the file's metadata ``upfusion.upscale`` says which K, and
+its other ``upfusion.*`` entries (``METADATA_KEYS``) the weights and this contract.
 The graph is the specification's arithmetic (``plain_arithmetic``), not the PyTorch inference
 kernels, which cut the image in row bands whose count depends on its size.
 
@@ -30,6 +31,17 @@ from .pretrained.extras import require
 
 DEFAULT_OPSET = 18
 EXPORT_SIZE = (64, 96)  # the example input's height and width (any multiple of 8 works afterwards)
+INPUTS = (
+    "a, b: float32 [N, 1, H, W], the BT.601 luma (0.299 R + 0.587 G + 0.114 B) in [0, 1] of source A "
+    "(visible, MRI) and source B (infrared, CT, PET); a grey source is its own luma; H and W multiples of 8 "
+    "(pad at the bottom and right by reflection, repeating the edge for sides under 8)"
+)
+OUTPUT = (
+    "fused: float32 [N, 1, H, W], the fused luma, unclamped: crop the padding, clamp to [0, 1]; for colour, "
+    "put it as Y into the full-range BT.601 YCbCr of the colour source (A if colour, else B) and convert back"
+)
+# the metadata_props every file carries; the upfusion export-onnx command adds the weights' identity
+METADATA_KEYS = ("upfusion.version", "upfusion.upscale", "upfusion.inputs", "upfusion.output")
 
 
 class FixedPromptFusion(nn.Module):
@@ -61,10 +73,16 @@ class OnnxCheck:
 
 
 def export_onnx(
-    model: UPFusion, text: torch.Tensor, path: str | Path, opset: int = DEFAULT_OPSET, upscale: int = 1
+    model: UPFusion,
+    text: torch.Tensor,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    upscale: int = 1,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Writes ``model`` (with ``text`` baked in, fusing ``upscale`` times enlarged) to ``path`` as
-    ONNX; dynamic batch, height and width.
+    ONNX; dynamic batch, height and width. ``metadata``: more ``metadata_props`` (string values)
+    beside ``METADATA_KEYS``.
 
     The file is written under a temporary name and renamed into place; the weights are stored
     inside the ``.onnx`` file (no external data).
@@ -76,13 +94,17 @@ def export_onnx(
         raise UpfusionError(f"{path}: is a folder; give the ONNX file's name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _export(model, text, path, opset, upscale)
+        _export(model, text, path, opset, upscale, metadata or {})
     except OSError as exc:
         raise UpfusionError(f"{path}: cannot write the ONNX file ({exc.strerror or exc})") from None
     return path
 
 
-def _export(model: UPFusion, text: torch.Tensor, path: Path, opset: int, upscale: int) -> None:
+def _export(
+    model: UPFusion, text: torch.Tensor, path: Path, opset: int, upscale: int, metadata: dict[str, str]
+) -> None:
+    from . import __version__
+
     wrapper = FixedPromptFusion(model.cpu().eval(), text.cpu(), upscale).eval()
     height, width = EXPORT_SIZE
     # a batch of 2: torch.export would fix a dimension of size 1 to 1
@@ -109,7 +131,8 @@ def _export(model: UPFusion, text: torch.Tensor, path: Path, opset: int, upscale
                 )
             except Exception as exc:
                 raise UpfusionError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-            program.model.metadata_props["upfusion.upscale"] = str(upscale)
+            own = dict(zip(METADATA_KEYS, (__version__, str(upscale), INPUTS, OUTPUT), strict=True))
+            program.model.metadata_props.update({**own, **{k: str(v) for k, v in metadata.items()}})
             program.save(str(tmp_path), external_data=False)
         tmp_path.replace(path)
 

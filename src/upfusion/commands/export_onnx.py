@@ -7,11 +7,16 @@ import argparse
 DESCRIPTION = """\
 Exports the network of a checkpoint (default: the bundled default weights) to ONNX with
 dynamic batch, height and width, the checkpoint's prompt embedding baked in. Inputs "a" and
-"b": [N, 1, H, W] float32 luma in [0, 1], H and W multiples of 8 (pad the bottom and right by
-reflection, as `upfusion fuse` does); output "fused": [N, 1, H, W], unclamped (clamp to
-[0, 1], scale by 255 and round). With --upscale K the graph fuses the pair enlarged K times
+"b": [N, 1, H, W] float32 BT.601 luma (0.299 R + 0.587 G + 0.114 B) in [0, 1], H and W
+multiples of 8 (pad the bottom and right by reflection, or repeat the edge of a side under 8,
+as `upfusion fuse` does; other sizes fail inside onnxruntime); output "fused": [N, 1, H, W],
+unclamped (crop, clamp to [0, 1]; put colour back as Y of the colour source's YCbCr).
+benchmarks/onnx_fuse.py does all this with numpy, Pillow and onnxruntime only. With --upscale K the graph fuses the pair enlarged K times
 (each pixel a K x K block) and averages the output back to [N, 1, H, W], as `upfusion fuse
 --upscale K` does (K^2 times the work; the file's metadata "upfusion.upscale" records K).
+The file's metadata_props also name the weights (upfusion.weights, .weights_sha256, .prompt,
+.text_encoder), the factor upfusion fuse uses up to 2^19 pixels (upfusion.auto_upscale: export
+with that --upscale to match it there) and this contract (upfusion.inputs, upfusion.output).
 Then runs the file with onnxruntime on random inputs of the --check sizes and prints the
 largest difference from PyTorch on each; exits 1 if one exceeds --tolerance. Needs the onnx
 extra: pip install 'upfusion[onnx]'.
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UpfusionError
     from ..fuse import check_upscale, resolve_weights
     from ..onnx_export import check_onnx, export_onnx
-    from ..pretrained.checkpoint import load_network
+    from ..pretrained.checkpoint import network_from_record, read_record
     from ..pretrained.extras import require
 
     for module in ("onnx", "onnxscript", "onnxruntime"):
@@ -73,8 +78,16 @@ def run(args: argparse.Namespace) -> int:
         raise UpfusionError("--check: sizes must be multiples of 8")
     upscale = check_upscale(args.upscale, "--upscale", allow_auto=False)
     checkpoint = resolve_weights(args.weights)
-    model, text = load_network(checkpoint, device="cpu")
-    path = export_onnx(model, text, args.output, opset=args.opset, upscale=upscale)  # both under no_grad
+    record, record_path, weights_path = read_record(checkpoint)
+    model, text = network_from_record(record, record_path, weights_path, device="cpu")
+    identity = {
+        "upfusion.weights": args.weights or "default",
+        "upfusion.weights_sha256": record.get("weights_sha256", ""),
+        "upfusion.text_encoder": record.get("text_encoder", ""),
+        "upfusion.prompt": record.get("prompt", ""),
+        "upfusion.auto_upscale": str(record.get("auto_upscale", 1)),  # upfusion fuse's factor up to 2^19 pixels
+    }
+    path = export_onnx(model, text, args.output, opset=args.opset, upscale=upscale, metadata=identity)
     enlarged = f", fusing {upscale} times enlarged" if upscale > 1 else ""
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) from {checkpoint}{enlarged}")
     worst = 0.0
