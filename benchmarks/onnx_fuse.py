@@ -5,10 +5,11 @@
 A: visible / MRI; B: infrared / CT / PET (8-bit files of one size). This is what ``upfusion
 fuse`` does around the network: the BT.601 luma of each source, padded at the bottom and right
 to a multiple of 8, fused by the graph, cropped back and clamped; the Cb and Cr of the colour
-source (A if it has colour, else B) are put back. The result equals ``upfusion fuse``'s to one
-8-bit level when the file's ``upfusion.upscale`` is the factor ``upfusion fuse`` uses for the
-pair (with the bundled weights: 2 for images of up to 2^19 pixels, 1 above), otherwise it is
-the fusion at the file's factor. tests/test_onnx.py runs this file against ``upfusion.load().fuse``.
+source (A if it has colour, else B) are put back. The result is ``upfusion fuse``'s when the
+file's ``upfusion.upscale`` is the factor ``upfusion fuse`` uses for the pair (with the bundled
+weights: 2 for images of up to 2^19 pixels, 1 above), to a few 8-bit levels where onnxruntime's
+top-k choices fall differently (2 levels on samples/msrs at 2x; README, "Running the ONNX file
+without upfusion"). tests/test_onnx.py runs this file against ``upfusion.load().fuse``.
 """
 
 from __future__ import annotations
