@@ -11,9 +11,10 @@ dynamic batch, height and width, the checkpoint's prompt embedding baked in. Inp
 multiples of 8 (pad the bottom and right by reflection, or repeat the edge of a side under 8,
 as `upfusion fuse` does; other sizes fail inside onnxruntime); output "fused": [N, 1, H, W],
 unclamped (crop, clamp to [0, 1]; put colour back as Y of the colour source's YCbCr).
-benchmarks/onnx_fuse.py does all this with numpy, Pillow and onnxruntime only. With --upscale K the graph fuses the pair enlarged K times
-(each pixel a K x K block) and averages the output back to [N, 1, H, W], as `upfusion fuse
---upscale K` does (K^2 times the work; the file's metadata "upfusion.upscale" records K).
+benchmarks/onnx_fuse.py does all this with numpy, Pillow and onnxruntime only. With --upscale
+K the graph fuses the pair enlarged K times (each pixel a K x K block) and averages the output
+back to [N, 1, H, W], as `upfusion fuse --upscale K` does (K^2 times the work; the file's
+metadata "upfusion.upscale" records K).
 The file's metadata_props also name the weights (upfusion.weights, .weights_sha256, .prompt,
 .text_encoder), the factor upfusion fuse uses up to 2^19 pixels (upfusion.auto_upscale: export
 with that --upscale to match it there) and this contract (upfusion.inputs, upfusion.output).
