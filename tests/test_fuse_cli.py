@@ -306,13 +306,16 @@ def test_rerun_skips_complete_outputs_and_redoes_the_rest(tmp_path, capsys):
     first = {p.name: p.stat().st_ino for p in out.iterdir()}
     (out / "1.png").unlink()  # never written
     (out / "2.png").write_bytes(b"")  # not a complete image (written by something else)
+    (out / "0.png").write_bytes((out / "0.png").read_bytes()[:60])  # a valid header, the pixels cut short
     (out / ".3.png.x1y2.tmp").write_bytes(b"half")  # left by a killed run
     capsys.readouterr()
     assert fuse("--a", a, "--b", b, "--out", out, "--method", "average") == 0
-    assert "fused 2 pair(s)" in capsys.readouterr().out
+    assert "fused 3 pair(s)" in capsys.readouterr().out
     again = {p.name: p.stat().st_ino for p in out.iterdir() if not p.name.startswith(".")}
     assert sorted(again) == ["0.png", "1.png", "2.png", "3.png"]
-    assert again["0.png"] == first["0.png"] and again["3.png"] == first["3.png"]  # untouched
+    assert again["0.png"] != first["0.png"] and again["3.png"] == first["3.png"]  # redone, untouched
+    with Image.open(out / "0.png") as im:
+        im.load()
     assert fuse("--a", a, "--b", b, "--out", out, "--method", "average", "--overwrite") == 0
     assert all(p.stat().st_ino != again[p.name] for p in out.iterdir() if not p.name.startswith("."))
 

@@ -255,11 +255,16 @@ def prepare_output_dir(out: str, inputs: list[str]) -> Path:
 
 
 def is_complete(path: Path) -> bool:
-    """An output already there and readable (outputs are renamed into place only once fully written)."""
+    """An output already there and readable to its end (a file cut short by something else is redone).
+
+    Outputs are renamed into place only once fully written; decoding the pixels (not only the
+    header) also catches a truncated file copied or written there by another program.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            im.load()
             return im.size[0] > 0
     except Exception:
         return False
