@@ -182,6 +182,22 @@ def test_keep_going_fuses_every_good_pair_and_lists_every_failure(tmp_path, caps
         assert expected in captured.err
 
 
+def test_keep_going_lists_a_pair_whose_output_cannot_be_encoded(tmp_path, capsys):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    for stem, width in (("a1", 16), ("b2", 16400), ("c3", 16)):  # WebP holds at most 16383 pixels a side
+        save(a / f"{stem}.png", np.full((8, width, 3), 90, dtype=np.uint8))
+        save(b / f"{stem}.png", np.full((8, width), 30, dtype=np.uint8))
+    args = ("--a", a, "--b", b, "--out", out, "--method", "average", "--format", "webp")
+    assert fuse(*args, "--keep-going") == 1
+    assert assert_only_complete_images(out) == ["a1.webp", "c3.webp"]
+    captured = capsys.readouterr()
+    assert "fused 2 pair(s)" in captured.out and "1 failed" in captured.out
+    assert f"{out / 'b2.webp'}: cannot encode (ValueError: encoding error 5: Image size exceeds WebP" in captured.err
+    assert fuse(*args) == 1  # without --keep-going: one line naming the file
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"upfusion fuse: error: {out / 'b2.webp'}: cannot encode")
+
+
 def test_size_mismatch_can_be_resized(tmp_path):
     a = save(tmp_path / "a" / "x.png", RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8))
     b = save(tmp_path / "b" / "x.png", RNG.integers(0, 256, (12, 20), dtype=np.uint8))

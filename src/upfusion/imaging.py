@@ -389,7 +389,12 @@ def write_image(path: str | Path, image: FusedImage) -> None:
     from .atomic import write_bytes_atomic
 
     path = Path(path)
-    data = encode_image(image, path.suffix)
+    try:
+        data = encode_image(image, path.suffix)
+    except UpfusionError:
+        raise
+    except Exception as exc:  # Pillow's encoders raise ValueError, OSError... (a WebP wider than 16383 pixels)
+        raise UpfusionError(f"{path}: cannot encode ({exc.__class__.__name__}: {exc})") from None
     try:
         write_bytes_atomic(path, data)
     except OSError as exc:
