@@ -164,57 +164,22 @@ class TrainConfig:
                 raise UpfusionError(f"val_metrics: {exc}") from None
 
 
-_WHOLE_NUMBERS = {
-    "crop",
-    "batch_size",
-    "steps",
-    "epochs",
-    "warmup_steps",
-    "seed",
-    "checkpoint_every",
-    "log_every",
-    "val_holdout",
-    "val_every",
-    "val_max_pairs",
-    "threads",
-    "workers",
-}
-_NUMBERS = {"blackout", "self_pairs", "contrast", "downscale", "black_margin", "lr", "lr_min", "grad_clip"}
-_TEXTS = {
-    "out",
-    "text_encoder",
-    "loss",
-    "small",
-    "amp",
-    "val_metrics",
-    "device",
-    "backbone_weights",
-    "prompt",
-    "text_embedding",
-    "init_weights",
-}
-_MAY_BE_NONE = {
-    "steps",
-    "epochs",
-    "threads",
-    "grad_clip",
-    "backbone_weights",
-    "prompt",
-    "text_embedding",
-    "init_weights",
-}
+# Each option's annotation in TrainConfig ("int", "float | None", "str", ...): the type its value must have.
+_ANNOTATIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
 
 def _checked_value(name: str, value: Any, source: str) -> Any:
-    """``value`` of option ``name`` if it has the option's type (a number written as YAML 1.1 reads
-    ``1e-4``, a string, becomes that number); otherwise an error naming the option and the value."""
-    if value is None and name in _MAY_BE_NONE:
+    """``value`` of option ``name`` if it has the type of the option's ``TrainConfig`` annotation
+    (a number written as YAML 1.1 reads ``1e-4``, a string, becomes that number); otherwise an
+    error naming the option and the value."""
+    kinds = _ANNOTATIONS.get(name, "Any").split(" | ")
+    if value is None and "None" in kinds:
         return value
-    if name in _WHOLE_NUMBERS:
+    if kinds[0] == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         kind = "a whole number"
-    elif name in _NUMBERS:
+    elif kinds[0] == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):
@@ -223,29 +188,29 @@ def _checked_value(name: str, value: Any, source: str) -> Any:
             except ValueError:
                 pass
         kind = "a number"
-    elif name in _TEXTS:
-        if isinstance(value, str):
-            return value
-        kind = "a string"
-    elif name == "flips":
+    elif kinds[0] == "bool":
         if isinstance(value, bool):
             return value
         kind = "true or false"
-    elif name in ("data", "val_data"):
+    elif kinds[0] == "list[list[str]]":  # data, val_data
         if isinstance(value, (list, tuple)) and all(
             isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
             for pair in value
         ):
             return [list(pair) for pair in value]
         kind = "a list of [folder_a, folder_b] pairs"
-    elif name == "model":
+    elif name == "model":  # str | dict
         if isinstance(value, (str, dict)):
             return value
         kind = "a preset name or a mapping of network fields"
-    elif name == "loss_weights":
+    elif name == "loss_weights":  # a mapping, or its "term=weight,..." text
         if isinstance(value, (str, dict)):
             return value
         kind = "a mapping of term: weight"
+    elif kinds[0] == "str":
+        if isinstance(value, str):
+            return value
+        kind = "a string"
     else:
         return value
     raise UpfusionError(f"{source}: {name} must be {kind}, not {value!r}")
