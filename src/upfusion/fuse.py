@@ -320,15 +320,22 @@ def check_compile(compile: str | None) -> str | None:
     return compile
 
 
+def _whole_number(value: Any) -> int | None:
+    """``value`` as an int if it writes one (2, "2", a numpy integer); None for 2.5, True or "x",
+    which ``int()`` would take or truncate."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if str(number) == str(value).strip() else None
+
+
 def check_upscale(upscale: int | str, name: str = "upscale", allow_auto: bool = True) -> int | str:
     """``upscale`` as the fuser uses it: ``"auto"`` (where allowed) or a whole number >= 1."""
     if upscale == "auto" and allow_auto:
         return upscale
-    try:
-        factor = int(upscale)
-    except (TypeError, ValueError):
-        factor = 0
-    if factor < 1 or str(factor) != str(upscale).strip():
+    factor = _whole_number(upscale)
+    if factor is None or factor < 1:
         allowed = "'auto' or a whole number >= 1" if allow_auto else "a whole number >= 1"
         raise UpfusionError(f"{name} must be {allowed}, not {upscale!r}")
     return factor
@@ -344,11 +351,8 @@ def check_tile(tile: int | str | None, overlap: int | None = None) -> int | str 
         raise UpfusionError(f"overlap must be a multiple of 8 and at least 0, not {overlap!r}")
     if tile == "auto" or tile is None:
         return tile
-    try:
-        size = int(tile)
-    except (TypeError, ValueError):
-        size = None
-    if size is None or str(size) != str(tile).strip():  # 64.5 or True are not sizes (int() would take them)
+    size = _whole_number(tile)
+    if size is None:
         raise UpfusionError(f"tile must be 'auto', 0 (never) or a size in pixels, not {tile!r}")
     if size == 0:
         return None
