@@ -34,7 +34,7 @@ from upfusion import imaging
 from upfusion.benchmark import ARITHMETIC, BenchCase, machine_description, markdown_table, parse_size, run_isolated
 from upfusion.fuse import WEIGHTS_DIR
 from upfusion.inference import COMPILE_SCOPES
-from upfusion.model import SCPM, TCPM
+from upfusion.model import SCPM, TCPM, fused_kernels
 from upfusion.model.fast_ops import plain_arithmetic
 from upfusion.pretrained.checkpoint import load_network
 from upfusion.tiling import tile_count, tiled_forward
@@ -285,7 +285,8 @@ def profile(args: argparse.Namespace) -> None:
             a, b = (torch.rand(args.batch, 1, height, width, device=device) for _ in range(2))
             network = maybe_compile(model, scope=args.compile) if args.compile else model
             for arithmetic in args.arithmetic:
-                fast_ops.set_fast_inference(arithmetic == "fast")
+                fast_ops.set_fast_inference(arithmetic != "plain")
+                fused_kernels.set_fused_kernels(arithmetic == "fused")
                 with inference_context(device, args.precision):
                     for _ in range(3 if args.compile else 1):  # warm-up (and compilation)
                         network(a, b, text)
@@ -297,6 +298,7 @@ def profile(args: argparse.Namespace) -> None:
                         time_by_module(model, functools.partial(network, a, b, text), device) if args.by_module else {}
                     )
                 fast_ops.set_fast_inference(True)
+                fused_kernels.set_fused_kernels(False)
 
                 # On a GPU, the kernels alone: an operator's self device time is its kernels' time,
                 # which the table would otherwise count twice.

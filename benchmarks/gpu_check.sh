@@ -10,8 +10,8 @@
 # Writes log.txt, the bench JSON files and the training log and weights to $OUT.
 #
 # SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile cudagraphs
-# large profile profile-compiled compile-fast fused compile-model train"; by default all but the
-# last five. The training section runs `upfusion train --config $TRAIN_CONFIG` for at most
+# large profile profile-compiled compile-fast fused fused-compiled compile-model train"; by default
+# all but the last six. The training section runs `upfusion train --config $TRAIN_CONFIG` for at most
 # $TRAIN_SECONDS (it saves its state when stopped) and copies the weights it ended with and its
 # log to $OUT/train.
 set -u
@@ -112,21 +112,28 @@ fi
 
 if section fused; then
     # the Triton kernels of upfusion.model.fused_kernels (each block's MDTA pass and its GDFN as
-    # one kernel each): their CUDA tests, the issue's case (paper preset, batch 8) fast vs fused,
-    # stage by stage with spilling and spill-free tiles, then the other cases
+    # one kernel each): their CUDA tests, the issue's case (paper preset, batch 8) fast vs fused
+    # and where its GPU time goes, stage by stage with other tiles and grids, then other cases
     log "fused Triton kernels: CUDA tests"
-    run timeout 180 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
+    run timeout 150 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
     log "fused vs fast arithmetic, eager, paper preset, bf16, batch 8"
-    run timeout 200 "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 \
-        --arithmetic fast fused --batch 8 --runs 10 --warmup 2 --timeout 120 --json "$OUT/bench_fused_paper8.json"
-    log "stage by stage: fused kernels (tiles, warps) vs inference kernels, bf16, batch 8"
-    run timeout 240 "$PY" benchmarks/bench_fused_stages.py --batch 8 --precision bf16
+    run timeout 150 "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 \
+        --arithmetic fast fused --batch 8 --runs 10 --warmup 2 --timeout 100 --json "$OUT/bench_fused_paper8.json"
+    log "profile: paper preset, bf16, batch 8, fused, eager, by module"
+    run timeout 100 "$PY" benchmarks/bench_inference.py profile --device cuda --precision bf16 \
+        --presets paper --batch 8 --arithmetic fused --by-module --top 16
+    log "stage by stage: fused kernels (tiles, warps, grids) vs inference kernels, bf16, batch 8"
+    run timeout 200 "$PY" benchmarks/bench_fused_stages.py --batch 8 --precision bf16
     log "fused vs fast arithmetic, eager, paper batch 1, default weights batch 1 and 8, bf16"
-    run timeout 200 "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 \
-        --arithmetic fast fused --batch 1 --runs 10 --warmup 2 --timeout 120 --json "$OUT/bench_fused_paper1.json"
-    run timeout 200 "$PY" -m upfusion bench --device cuda --preset default --size 640x480 --precision bf16 \
-        --arithmetic fast fused --batch 1 8 --runs 10 --warmup 2 --timeout 120 --json "$OUT/bench_fused_default.json"
-    log "fused kernels inside the compiled model (the rest of the network compiled around them), paper, batch 8"
+    run timeout 100 "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 \
+        --arithmetic fast fused --batch 1 --runs 10 --warmup 2 --timeout 60 --json "$OUT/bench_fused_paper1.json"
+    run timeout 100 "$PY" -m upfusion bench --device cuda --preset default --size 640x480 --precision bf16 \
+        --arithmetic fast fused --batch 1 8 --runs 10 --warmup 2 --timeout 60 --json "$OUT/bench_fused_default.json"
+fi
+
+if section fused-compiled; then
+    # the rest of the network compiled around the fused kernels (graph breaks at each kernel)
+    log "fused kernels inside the compiled model, paper, bf16, batch 8"
     run "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 --arithmetic fused \
         --batch 8 --compile model --runs 10 --warmup 3 --timeout "${COMPILE_SECONDS:-300}" \
         --json "$OUT/bench_fused_compiled.json"
