@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--tiles", nargs="*", default=["14x14:8", "6x14:8", "6x6:8", "6x14:4"])
     parser.add_argument("--programs-per-sm", nargs="*", type=int, default=[1, 4, 64])
+    parser.add_argument("--channels", nargs="*", type=int, help="only the block shapes of these widths")
     parser.add_argument("--compiled", action="store_true", help="also the inference kernels under torch.compile")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -68,6 +69,8 @@ def main() -> None:
     print("| stage | channels | size | variant | ms | GB/s |\n|---|---:|---|---|---:|---:|")
 
     for c, heads, divisor in SHAPES:
+        if args.channels and c not in args.channels:
+            continue
         torch.manual_seed(0)
         block = TransformerBlock(c, heads, 2.66).eval().to(device)
         h, w = height // divisor, width // divisor
@@ -85,7 +88,7 @@ def main() -> None:
 
         for stage, call, maps in (("MDTA", mdta, 3), ("GDFN", gdfn, 2), ("block", whole, 3)):
             traffic = maps * x.numel() * itemsize
-            default_programs = fused_kernels.PROGRAMS_PER_SM
+            default_programs, gpu_widest = fused_kernels.PROGRAMS_PER_SM, fused_kernels.GPU_WIDEST
             variants = [("inference kernels", call, False, None, default_programs)]
             if args.compiled:
                 compiled = torch.compile(call, dynamic=False)
@@ -96,6 +99,8 @@ def main() -> None:
             for name, fn, fused, config, programs in variants:
                 fused_kernels.set_fused_kernels(fused, config)
                 fused_kernels.PROGRAMS_PER_SM = programs
+                # the fused kernels at every width (by default wider maps run the inference kernels)
+                fused_kernels.GPU_WIDEST = fused_kernels.MAX_CHANNELS
                 try:
                     with warnings.catch_warnings(), inference_context(device, args.precision):
                         warnings.simplefilter("ignore")  # a tile that does not fit: said in the table
@@ -109,6 +114,7 @@ def main() -> None:
                 finally:
                     fused_kernels.set_fused_kernels(False)
                     fused_kernels.PROGRAMS_PER_SM = default_programs
+                    fused_kernels.GPU_WIDEST = gpu_widest
                 print(f"| {stage} | {c} | {w}x{h} | {name} | {result} |", flush=True)
 
 

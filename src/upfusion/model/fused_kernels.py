@@ -49,6 +49,12 @@ PROJECTION_CHUNK = 32  # the attention kernel's projections are made this many c
 # so that the tests see programs take several tiles.
 PROGRAMS_PER_SM = 2
 INTERPRETER_PROGRAMS = 3
+# The widest maps the kernels take on a GPU unless a config is given: timed on an H100
+# (2026-11-27, batch 8, bf16), a block at 192 channels (160x120) took 5.8 ms fused with its
+# fastest tiles against 3.5 ms with the inference kernels; at 384 (80x60) the paper preset's
+# latent blocks took 12 ms each fused. At 48 and 96 channels the fused block is 1.8 to 2.7
+# times faster.
+GPU_WIDEST = 128
 
 
 def set_fused_kernels(enabled: bool, config: KernelConfig | None = None) -> None:
@@ -95,6 +101,8 @@ def applies(x: torch.Tensor) -> bool:
     if not _enabled or x.shape[1] > MAX_CHANNELS or x.shape[1] in _too_wide or exporting():
         return False
     if x.is_cuda:
+        if _config is None and x.shape[1] > GPU_WIDEST:
+            return False
         return torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in (torch.bfloat16, torch.float16)
     return interpreting() and x.device.type == "cpu"
 
@@ -109,8 +117,8 @@ class KernelConfig:
     """How a kernel cuts the map: output tiles of ``tile`` (rows, columns), whose halo tile,
     (rows + 2) x (columns + 2), is padded to a power of two; ``num_warps`` per program.
 
-    The defaults (``default_config``) are chosen by compiling, not by timing: no GPU has run the
-    kernels yet (``benchmarks/bench_fused_stages.py`` times other choices on one)."""
+    ``default_config`` gives the tiles timed fastest on an H100 (``benchmarks/bench_fused_stages.py``
+    times other choices)."""
 
     tile: tuple[int, int]
     num_warps: int = 8
@@ -125,17 +133,27 @@ def hidden_slice(channels: int) -> int:
 
 def default_config(channels: int, kernel: str = "gdfn") -> KernelConfig:
     """The tiles of ``kernel`` ("gdfn" or "attention") for maps of ``channels``: smaller for
-    wider maps. The largest tiles (the smallest halo share) at which the kernel spills no
-    registers, or a few (16 bytes at most), when compiled for an H100
-    (``benchmarks/kernel_resources.py``, Triton 3.6 and 3.8); at 384 channels every tile spills
-    some (24-80 bytes a thread at 2x6). Not yet timed on a GPU."""
+    wider maps. Up to 128 channels, the fastest of those timed on an H100 (2026-11-27,
+    ``benchmarks/bench_fused_stages.py``, batch 8, bf16) that spill no registers, or a few (16
+    bytes at most), when compiled for an H100 (``benchmarks/kernel_resources.py``, Triton 3.6
+    and 3.8). Wider maps run the inference kernels on a GPU (``GPU_WIDEST``); their tiles are
+    the largest that compile that way (at 384 channels every tile spills some, 24-132 bytes a
+    thread at 2x6)."""
     table = _GDFN_TILES if kernel == "gdfn" else _ATTENTION_TILES
-    return KernelConfig(next(tile for widest, tile in table if channels <= widest))
+    return next(config for widest, config in table if channels <= widest)
 
 
-# (widest channels, output tile); 8 warps each
-_GDFN_TILES = ((64, (6, 14)), (256, (6, 6)), (MAX_CHANNELS, (2, 6)))
-_ATTENTION_TILES = ((64, (14, 14)), (128, (6, 14)), (MAX_CHANNELS, (2, 6)))
+# (widest channels, tiles and warps)
+_GDFN_TILES = (
+    (128, KernelConfig((6, 14))),
+    (256, KernelConfig((6, 6))),
+    (MAX_CHANNELS, KernelConfig((2, 6))),
+)
+_ATTENTION_TILES = (
+    (64, KernelConfig((6, 14), num_warps=4)),
+    (128, KernelConfig((6, 14))),
+    (MAX_CHANNELS, KernelConfig((2, 6))),
+)
 
 
 class _Launch:
