@@ -1,7 +1,7 @@
 """One Restormer block stage at a time: the fused Triton kernels against the inference kernels.
 
     python benchmarks/bench_fused_stages.py [--batch 8] [--precision bf16] [--runs 20]
-        [--tiles 14x14:8 6x6:8 ...] [--programs-per-sm 1 4 64] [--compiled]
+        [--tiles 14x14:8 6x6:8 ...] [--programs-per-sm 1 4 64] [--channels 192 384] [--compiled]
 
 For the paper preset's block shapes at 640x480 (48 channels, the level-1 encoders; 96 channels
 at 320x240, level 2; 96 channels at 640x480, the level-1 decoder and refinement; 192 channels at
@@ -9,8 +9,9 @@ at 320x240, level 2; 96 channels at 640x480, the level-1 decoder and refinement;
 times ``x + MDTA(LN(x))``, ``x + GDFN(LN(x))`` and the whole block (where the fused GDFN
 kernel also applies the attention): the inference kernels (``fast_ops``, eager;
 ``--compiled``: under ``torch.compile`` too, which takes minutes) and the fused kernels
-(``fused_kernels``) with each kernel's default tiles (the largest that do not spill registers
-on an H100: ``benchmarks/kernel_resources.py``), then with each output tile and warp count of
+(``fused_kernels``) with each kernel's default tiles (at 48 and 96 channels the fastest this
+script timed on an H100; at every width, also those wider than ``fused_kernels.GPU_WIDEST``,
+which run the inference kernels by default), then with each output tile and warp count of
 ``--tiles`` (``ROWSxCOLS:WARPS``) for both kernels: the defaults include tiles that spill, to
 see what spilling costs; and with the default tiles and each count of ``--programs-per-sm``
 (the persistent grid's programs a launch starts per multiprocessor, 2 by default: with many,
@@ -112,7 +113,7 @@ def main() -> None:
                 except Exception as error:  # a configuration Triton cannot build
                     result = f"error: {type(error).__name__}: {str(error).splitlines()[0][:80]} |"
                 finally:
-                    fused_kernels.set_fused_kernels(False)
+                    fused_kernels.set_fused_kernels(None)
                     fused_kernels.PROGRAMS_PER_SM = default_programs
                     fused_kernels.GPU_WIDEST = gpu_widest
                 print(f"| {stage} | {c} | {w}x{h} | {name} | {result} |", flush=True)

@@ -298,7 +298,7 @@ def profile(args: argparse.Namespace) -> None:
                         time_by_module(model, functools.partial(network, a, b, text), device) if args.by_module else {}
                     )
                 fast_ops.set_fast_inference(True)
-                fused_kernels.set_fused_kernels(False)
+                fused_kernels.set_fused_kernels(None)
 
                 # On a GPU, the kernels alone: an operator's self device time is its kernels' time,
                 # which the table would otherwise count twice.

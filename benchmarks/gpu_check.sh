@@ -10,8 +10,8 @@
 # Writes log.txt, the bench JSON files and the training log and weights to $OUT.
 #
 # SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile cudagraphs
-# large profile profile-compiled compile-fast fused fused-compiled compile-model train"; by default
-# all but the last six. The training section runs `upfusion train --config $TRAIN_CONFIG` for at most
+# large profile profile-compiled compile-fast fused fused-compiled fused-ncu compile-model train"; by
+# default all but the last seven. The training section runs `upfusion train --config $TRAIN_CONFIG` for at most
 # $TRAIN_SECONDS (it saves its state when stopped) and copies the weights it ended with and its
 # log to $OUT/train.
 set -u
@@ -137,6 +137,17 @@ if section fused-compiled; then
     run "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 --arithmetic fused \
         --batch 8 --compile model --runs 10 --warmup 3 --timeout "${COMPILE_SECONDS:-300}" \
         --json "$OUT/bench_fused_compiled.json"
+fi
+
+if section fused-ncu; then
+    # what bounds the fused kernels (55-210 GB/s of their stages' own traffic on the fourth lease):
+    # Nsight Compute on eight calls of the kernels at 96 channels (half and full resolution), batch 8
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
+    log "Nsight Compute: the fused kernels at 96 channels ($NCU)"
+    run timeout 300 "$NCU" --target-processes all -k regex:"gdfn_residual_kernel|attention_statistics_kernel" \
+        --launch-skip 2 --launch-count 8 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+        "$PY" benchmarks/bench_fused_stages.py --channels 96 --runs 1 --warmup 1 --tiles --programs-per-sm
 fi
 
 if section compile-model; then

@@ -82,7 +82,7 @@ def stage_errors(
             assert not fused_kernels.left_out()
             return y
         finally:
-            fused_kernels.set_fused_kernels(False)
+            fused_kernels.set_fused_kernels(None)
 
     with inference_context(device, "fp32"):
         reference = plain()
@@ -125,7 +125,7 @@ def network_errors(device: str, precision: str) -> dict[str, float]:
                 fused = model(a, b, text).float()
             left_out = fused_kernels.left_out()
         finally:
-            fused_kernels.set_fused_kernels(False)
+            fused_kernels.set_fused_kernels(None)
     assert fast_ops.fast_path_active() is False  # (outside inference mode again)
     assert gdfn_calls.call_count > 0 and not left_out  # every block ran the kernels
     return differences(fused, fast, reference)
@@ -150,7 +150,7 @@ def compiled_network_errors() -> dict[str, float]:
         with launches as launched, inference_context("cpu", "fp32"):
             out = compiled(a, b, text)
     finally:
-        fused_kernels.set_fused_kernels(False)
+        fused_kernels.set_fused_kernels(None)
     stages = sum(isinstance(m, (TransformerBlock, TCPM)) for m in model.modules())
     return {"fused_max": (out - reference).abs().max().item(), "launches": launched.call_count, "stages": stages}
 
@@ -174,7 +174,7 @@ def weights_changed_errors(device: str, precision: str) -> dict[str, float]:
                 block.ffn.project_out.weight.mul_(2.0)
             fused = fast_ops.transformer_block(block, x).float()
         finally:
-            fused_kernels.set_fused_kernels(False)
+            fused_kernels.set_fused_kernels(None)
         fast = fast_ops.transformer_block(block, x).float()
     with torch.no_grad(), fast_ops.plain_arithmetic():
         plain = block(x).float()
@@ -189,8 +189,9 @@ def differences(fused: torch.Tensor, fast: torch.Tensor, reference: torch.Tensor
     }
 
 
-# The default tiles at four widths (GDFN: 6x14 at 48 channels, 6x6 at 96 and 192, 2x6 at 384;
-# attention: 14x14, 6x14, 2x6, 2x6), 1 to 8 heads, hidden widths 127 to 1021 (padded to slices
+# The default tiles at four widths (GDFN: 6x14 at 48 and 96 channels, 6x6 at 192, 2x6 at 384;
+# attention: 6x14, 6x14, 2x6, 2x6; on a GPU the last two widths run the inference kernels unless
+# a config is given), 1 to 8 heads, hidden widths 127 to 1021 (padded to slices
 # of 32, of 16 at 384 channels), sizes that leave partial tiles at the right and bottom edges,
 # two samples.
 CASES = [(48, 1, (20, 33)), (96, 2, (9, 17)), (192, 4, (7, 13)), (384, 8, (5, 9))]
@@ -258,7 +259,51 @@ def test_fused_network_equals_fast_path(interpreted):
     assert result(interpreted, "network")["fused_max"] < 1e-4
 
 
-def test_fused_kernels_are_off_by_default_and_skip_wide_maps():
+def test_fused_kernels_are_on_by_default_on_hopper_gpus_for_maps_up_to_128_channels(monkeypatch):
+    """Without a GPU: a stand-in for a CUDA map, under bf16 autocast, on GPUs of each capability."""
+    from types import SimpleNamespace
+
+    from upfusion.model import fused_kernels
+
+    def cuda_map(channels: int) -> SimpleNamespace:
+        return SimpleNamespace(shape=(8, channels, 480, 640), is_cuda=True, device=SimpleNamespace(index=0))
+
+    capability = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[0])
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type: True)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
+    monkeypatch.setattr(fused_kernels, "available", lambda: True)
+    monkeypatch.setattr(fused_kernels, "_enabled", None)
+    monkeypatch.setattr(fused_kernels, "_too_wide", set())
+    for gpu, expected in (((9, 0), True), ((10, 0), True), ((8, 0), False), ((8, 9), False)):
+        capability[0] = gpu
+        fused_kernels._timed_gpu.cache_clear()
+        assert fused_kernels.applies(cuda_map(96)) is expected, gpu
+        assert not fused_kernels.applies(cuda_map(192)), gpu  # wider: the inference kernels
+    fused_kernels._timed_gpu.cache_clear()
+    try:
+        fused_kernels.set_fused_kernels(True)  # on where not timed, still up to 128 channels
+        assert fused_kernels.applies(cuda_map(128)) and not fused_kernels.applies(cuda_map(192))
+        fused_kernels.set_fused_kernels(True, fused_kernels.KernelConfig((2, 6)))  # every width
+        assert fused_kernels.applies(cuda_map(384))
+        capability[0] = (9, 0)
+        fused_kernels.set_fused_kernels(False)
+        assert not fused_kernels.applies(cuda_map(96))
+    finally:
+        fused_kernels.set_fused_kernels(None)
+        fused_kernels._timed_gpu.cache_clear()
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", False), ("1", True), ("", None), ("yes", None)])
+def test_the_environment_turns_the_fused_kernels_off_or_on(value, expected):
+    env = {**os.environ, "UPFUSION_FUSED_KERNELS": value}
+    code = "from upfusion.model import fused_kernels; print(fused_kernels._enabled)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == str(expected)
+    assert ("neither 0 nor 1: ignored" in proc.stderr) == (value == "yes"), proc.stderr
+
+
+def test_fused_kernels_are_off_on_the_cpu_by_default_and_skip_wide_maps():
     from upfusion.model import fused_kernels
 
     x = torch.zeros(1, 48, 8, 8)
@@ -269,7 +314,7 @@ def test_fused_kernels_are_off_by_default_and_skip_wide_maps():
             torch.zeros(1, 1024, 8, 8, device="cuda" if torch.cuda.is_available() else "cpu")
         )
     finally:
-        fused_kernels.set_fused_kernels(False)
+        fused_kernels.set_fused_kernels(None)
 
 
 def test_a_kernel_too_big_for_the_gpu_leaves_that_width_to_the_inference_kernels(monkeypatch):
@@ -333,7 +378,7 @@ def test_fused_kernels_leave_fp32_on_cuda_to_the_inference_kernels():
         with inference_context("cuda", "bf16"):
             assert fused_kernels.applies(x)
     finally:
-        fused_kernels.set_fused_kernels(False)
+        fused_kernels.set_fused_kernels(None)
 
 
 def run_check(check: str) -> dict:

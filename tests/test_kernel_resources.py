@@ -29,6 +29,9 @@ import kernel_resources  # noqa: E402
 from upfusion.model import fused_kernels  # noqa: E402
 
 H100_SHARED = 227 * 1024  # the most shared memory one program may have on an H100
+# MDTA at 96 channels, one head, with 4 warps: 1148-1184 bytes (Triton 3.8, 3.6), and 8.1 ms a
+# stage against 8.8 with 8 warps and no spill (H100, 2026-11-27, batch 8, 640x480)
+TIMED_SPILLING = {("mdta", 96, 1): 1280}
 VARIANTS = sorted(set(kernel_resources.preset_variants("paper") + kernel_resources.preset_variants("default")))
 
 
@@ -47,5 +50,7 @@ def test_default_tiles_fit_an_h100_without_spilling(variant: str, channels: int,
     assert found.shared <= H100_SHARED
     # at 384 channels (BLOCK_C 512) every tile spills some (up to 132 bytes since the kernels
     # loop over their tiles, Triton 3.8); below, up to 16 bytes (four registers) spill at a few
-    # widths, which ones depending on the Triton version
-    assert found.spill_stores <= (160 if channels > 256 else 16), found
+    # widths, which ones depending on the Triton version, but for the tiles timed faster on an
+    # H100 although they spill
+    bound = TIMED_SPILLING.get((variant, channels, heads), 160 if channels > 256 else 16)
+    assert found.spill_stores <= bound, found

@@ -37,7 +37,7 @@ class BenchCase:
     device: str = "cpu"
     precision: str = "fp32"
     # "fast" (inference kernels), "plain" (the specification's formulas) or "fused" (fast, with the
-    # opt-in Triton kernels of ``upfusion.model.fused_kernels``: GPUs, bf16 or fp16)
+    # Triton kernels of ``upfusion.model.fused_kernels``: GPUs, bf16 or fp16); "fast" turns them off
     arithmetic: str = "fast"
     tile: int | None = None  # tiled inference with this tile size
     overlap: int = 64
@@ -174,7 +174,7 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
         if cuda:
             torch.cuda.synchronize(device)
 
-    saved = fast_ops._enabled
+    saved, saved_fused = fast_ops._enabled, fused_kernels._enabled
     fast_ops.set_fast_inference(case.arithmetic != "plain")
     fused_kernels.set_fused_kernels(case.arithmetic == "fused")
     try:
@@ -187,7 +187,7 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
                 result.latencies_s.append(time.perf_counter() - start)
     finally:
         fast_ops.set_fast_inference(saved)
-        fused_kernels.set_fused_kernels(False)
+        fused_kernels.set_fused_kernels(saved_fused)
     result.latency_s = statistics.median(result.latencies_s)
     result.pairs_per_s = case.batch / result.latency_s
     result.peak_memory_bytes = torch.cuda.max_memory_allocated(device) if cuda else _peak_rss_bytes()

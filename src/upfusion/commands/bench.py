@@ -19,11 +19,13 @@ its peak memory is its own: on the CPU the process's peak resident set size (the
 PyTorch itself included: the "model + runtime" column is that figure before the first call),
 on a GPU the peak of PyTorch's CUDA allocator.
 
-arithmetic: "fast" is what `upfusion fuse` runs (inference kernels: channels-last, row bands,
-folded attention); "plain" computes the specification's formulas literally (the reference
-arithmetic); both give the same result to ~1e-6. "fused" is "fast" with each Restormer block's
-attention pass and its feed-forward as one Triton kernel each: GPUs only, in bf16 or fp16,
-opt-in until timed there (with --compile, the rest of the network is compiled around them).
+arithmetic: "fast" is what `upfusion fuse` runs in fp32 (inference kernels: channels-last, row
+bands, folded attention); "plain" computes the specification's formulas literally (the
+reference arithmetic); both give the same result to ~1e-6. "fused" is "fast" with each
+Restormer block's attention pass and its feed-forward as one Triton kernel each (maps up to 128
+channels): GPUs only, in bf16 or fp16, what `upfusion fuse` runs in bf16 or fp16 on Hopper GPUs
+(2.2 times faster than "fast" on an H100; with --compile, the rest of the network is compiled
+around them).
 precision: fp32, bf16 or fp16 (autocast; fp16 on CUDA only). Speed does not depend on the
 weights, so presets run with their random initialisation unless --weights names a checkpoint.
 """

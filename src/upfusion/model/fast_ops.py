@@ -22,7 +22,7 @@ re-associated, and agree with the plain path to float32 rounding (~1e-6):
   1x1 conv for q;
 - under ``torch.compile`` the depth-wise 3x3 convs are nine shifted products, which the
   compiler fuses with their neighbours (``blocks.DepthwiseConv3x3`` does the same).
-- opt-in, on a GPU: ``fused_kernels`` runs MDTA's and TCPM's attention passes, and the product
+- on a GPU in bf16 or fp16 (by default on Hopper GPUs): ``fused_kernels`` runs MDTA's and TCPM's attention passes, and the product
   that applies MDTA's attention together with the GDFN, as single Triton kernels.
 
 The SCPM and TCPM channel selections are made by the modules themselves, from inputs computed
@@ -252,7 +252,7 @@ def _mdta_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
     attn = block.attn
     acc = _GramAccumulator(x.shape[0], x.shape[1], attn.heads, x)
     values = None
-    if fused_kernels.applies(x):  # opt-in: one Triton kernel on a GPU
+    if fused_kernels.applies(x):  # one Triton kernel on a GPU
         values = fused_kernels.mdta_statistics(block.norm1, attn, x, acc.gram, acc.q_sq, acc.k_sq)
     if values is None:
         values = _mdta_statistics(block, x, acc)
@@ -278,7 +278,7 @@ def topk_cross_attention(tcpm: nn.Module, query: torch.Tensor, key_value: torch.
     attn = tcpm.select_attn
     acc = _GramAccumulator(query.shape[0], query.shape[1], attn.heads, query)
     values = None
-    if fused_kernels.applies(query):  # opt-in: one Triton kernel on a GPU
+    if fused_kernels.applies(query):  # one Triton kernel on a GPU
         values = fused_kernels.cross_attention_statistics(tcpm, query, key_value, acc.gram, acc.q_sq, acc.k_sq)
     if values is None:
         values = _cross_attention_statistics(tcpm, query, key_value, acc)
@@ -320,7 +320,7 @@ def gdfn_residual(norm: nn.Module, ffn: nn.Module, x: torch.Tensor) -> torch.Ten
     depth-wise weights are zero, so they hold gelu(0) * 0 = 0 and add exact zeros to
     ``project_out``.
     """
-    if fused_kernels.applies(x):  # opt-in: one Triton kernel on a GPU
+    if fused_kernels.applies(x):  # one Triton kernel on a GPU
         out = fused_kernels.gdfn_residual(norm, ffn, x)
         if out is not None:
             return out
@@ -348,7 +348,7 @@ def transformer_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``TransformerBlock`` without autograd: x + MDTA(LN(x)), then + GDFN(LN(.))."""
     x = channels_last(x)
     values, matrix = _mdta_attention(block, x)
-    if fused_kernels.applies(x):  # opt-in: the attention's product inside the GDFN's Triton kernel
+    if fused_kernels.applies(x):  # the attention's product inside the GDFN's Triton kernel
         out = fused_kernels.gdfn_residual(block.norm2, block.ffn, x, attention=(values, matrix))
         if out is not None:
             return out

@@ -17,9 +17,11 @@ before any kernel is slow; with each block's stages fused it moves about 11 GB.
   few small operations in ``fast_ops``. ``cross_attention_statistics``: the same kernel for
   TCPM's top-k cross-attention (q from one map, k and v from another).
 
-Only the blocks' inputs and outputs, and v, touch main memory. Opt-in
-(``set_fused_kernels(True)``, ``upfusion bench --arithmetic fused``) until timed on a GPU; on a
-GPU under bf16 or fp16 autocast only. The tests run the kernels with Triton's interpreter
+Only the blocks' inputs and outputs, and v, touch main memory. On by default where they were
+timed (an H100: 2.2 times faster on the paper preset) under bf16 or fp16 autocast: on CUDA GPUs
+of compute capability 9.0 and above with Triton installed (``set_fused_kernels``, or the
+environment variable ``UPFUSION_FUSED_KERNELS=0`` or ``1``, turn them off or on elsewhere;
+``upfusion bench --arithmetic fast|fused`` compares). The tests run the kernels with Triton's interpreter
 (``TRITON_INTERPRET=1``) on the CPU, against the modules' own arithmetic, and compile them for
 an H100 without one to check that they do not spill registers
 (``benchmarks/kernel_resources.py``).
@@ -28,6 +30,7 @@ an H100 without one to check that they do not spill registers
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import warnings
@@ -36,7 +39,17 @@ import weakref
 import torch
 from torch import nn
 
-_enabled = False
+
+def _from_environment() -> bool | None:
+    """``UPFUSION_FUSED_KERNELS``: "1" on, "0" off, unset or empty the default (None)."""
+    value = os.environ.get("UPFUSION_FUSED_KERNELS", "")
+    if value not in ("", "0", "1"):
+        warnings.warn(f"UPFUSION_FUSED_KERNELS={value!r} is neither 0 nor 1: ignored", stacklevel=2)
+    return {"1": True, "0": False}.get(value)
+
+
+# True or False: set (set_fused_kernels, UPFUSION_FUSED_KERNELS); None: on where timed (_timed_gpu)
+_enabled: bool | None = _from_environment()
 _config: KernelConfig | None = None
 _too_wide: set[int] = set()  # channel widths whose kernels do not fit this GPU (see _launched)
 
@@ -57,13 +70,21 @@ INTERPRETER_PROGRAMS = 3
 GPU_WIDEST = 128
 
 
-def set_fused_kernels(enabled: bool, config: KernelConfig | None = None) -> None:
-    """Turns the fused Triton kernels on or off (off by default) for the whole process; with
-    ``config``, every kernel cuts its map that way (else ``default_config``). Forgets which
-    widths did not fit the GPU (``left_out``)."""
+def set_fused_kernels(enabled: bool | None, config: KernelConfig | None = None) -> None:
+    """Turns the fused Triton kernels on or off for the whole process; ``None``: the default, on
+    CUDA GPUs of compute capability 9.0 and above (Hopper: where they were timed) when Triton is
+    installed. With ``config``, every kernel cuts its map that way (else ``default_config``, and
+    maps wider than ``GPU_WIDEST`` stay with the inference kernels on a GPU). Forgets which widths
+    did not fit the GPU (``left_out``)."""
     global _enabled, _config
-    _enabled, _config = bool(enabled), config
+    _enabled, _config = (None if enabled is None else bool(enabled)), config
     _too_wide.clear()
+
+
+@functools.cache
+def _timed_gpu(index: int) -> bool:
+    """The default for the CUDA GPU ``index``: a Hopper or later GPU, and Triton importable."""
+    return torch.cuda.get_device_capability(index) >= (9, 0) and available()
 
 
 def left_out() -> frozenset[int]:
@@ -86,9 +107,11 @@ def interpreting() -> bool:
 
 
 def applies(x: torch.Tensor) -> bool:
-    """True when the kernels should run for the map ``x`` [N, C, H, W]: on a CUDA GPU under bf16 or
-    fp16 autocast, or on the CPU in Triton's interpreter (any precision: the tests check the
-    kernels' arithmetic in fp32 there).
+    """True when the kernels should run for the map ``x`` [N, C, H, W]: when on (by default on CUDA
+    GPUs of compute capability 9.0 and above, see ``set_fused_kernels``), on a CUDA GPU under bf16
+    or fp16 autocast for maps up to ``GPU_WIDEST`` channels; when turned on explicitly, also on
+    the CPU in Triton's interpreter (any precision: the tests check the kernels' arithmetic in
+    fp32 there).
 
     Not in fp32 on a GPU: without half-precision tensor-core products the kernels spill 0.8 to
     92 KB of registers a thread, and the attention kernel's tiles need 132 to 320 KiB of shared
@@ -98,13 +121,13 @@ def applies(x: torch.Tensor) -> bool:
     Under ``torch.compile`` too: the kernels' entry points are left out of the graph
     (``torch.compiler.disable``), so the compiler fuses the rest of the network around them;
     not while exporting (ONNX)."""
-    if not _enabled or x.shape[1] > MAX_CHANNELS or x.shape[1] in _too_wide or exporting():
+    if _enabled is False or x.shape[1] > MAX_CHANNELS or x.shape[1] in _too_wide or exporting():
         return False
     if x.is_cuda:
-        if _config is None and x.shape[1] > GPU_WIDEST:
+        if (_enabled is None and not _timed_gpu(x.device.index)) or (_config is None and x.shape[1] > GPU_WIDEST):
             return False
         return torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in (torch.bfloat16, torch.float16)
-    return interpreting() and x.device.type == "cpu"
+    return _enabled is True and interpreting() and x.device.type == "cpu"
 
 
 def exporting() -> bool:
@@ -133,12 +156,13 @@ def hidden_slice(channels: int) -> int:
 
 def default_config(channels: int, kernel: str = "gdfn") -> KernelConfig:
     """The tiles of ``kernel`` ("gdfn" or "attention") for maps of ``channels``: smaller for
-    wider maps. Up to 128 channels, the fastest of those timed on an H100 (2026-11-27,
-    ``benchmarks/bench_fused_stages.py``, batch 8, bf16) that spill no registers, or a few (16
-    bytes at most), when compiled for an H100 (``benchmarks/kernel_resources.py``, Triton 3.6
-    and 3.8). Wider maps run the inference kernels on a GPU (``GPU_WIDEST``); their tiles are
-    the largest that compile that way (at 384 channels every tile spills some, 24-132 bytes a
-    thread at 2x6)."""
+    wider maps. At 48 and 96 channels (the paper preset's full and half resolution) the fastest
+    timed on an H100 (2026-11-27, ``benchmarks/bench_fused_stages.py``, batch 8, bf16); at other
+    widths the largest that compile for an H100 (``benchmarks/kernel_resources.py``, Triton 3.6
+    and 3.8) spilling no registers or a few (16 bytes at most; at 384 channels every tile spills
+    some, 24-132 bytes a thread at 2x6). The timed attention tiles at 96 channels with one head
+    spill 1.2 KB a thread with 4 warps, and ran 9% faster than with 8 warps and none. Maps wider
+    than ``GPU_WIDEST`` run the inference kernels on a GPU unless a config is given."""
     table = _GDFN_TILES if kernel == "gdfn" else _ATTENTION_TILES
     return next(config for widest, config in table if channels <= widest)
 
@@ -149,8 +173,8 @@ _GDFN_TILES = (
     (256, KernelConfig((6, 6))),
     (MAX_CHANNELS, KernelConfig((2, 6))),
 )
-_ATTENTION_TILES = (
-    (64, KernelConfig((6, 14), num_warps=4)),
+_ATTENTION_TILES = (  # 4 warps: faster on the H100 at 48 and 96 channels, even where they spill
+    (96, KernelConfig((6, 14), num_warps=4)),
     (128, KernelConfig((6, 14))),
     (MAX_CHANNELS, KernelConfig((2, 6))),
 )
