@@ -318,7 +318,9 @@ def test_fused_kernels_are_off_on_the_cpu_by_default_and_skip_wide_maps(monkeypa
         fused_kernels.set_fused_kernels(None)
 
 
-def test_a_kernel_too_big_for_the_gpu_leaves_that_width_to_the_inference_kernels(monkeypatch):
+@pytest.mark.parametrize("failure", ["out of resources", "compilation"])
+def test_a_kernel_too_big_for_the_gpu_leaves_that_width_to_the_inference_kernels(monkeypatch, failure):
+    from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
 
     from upfusion.model import fast_ops, fused_kernels
@@ -326,6 +328,8 @@ def test_a_kernel_too_big_for_the_gpu_leaves_that_width_to_the_inference_kernels
     class TooBig:  # what Triton does when a kernel needs more shared memory than the GPU has
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
+                if failure == "compilation":  # or cannot build it for this GPU
+                    raise CompilationError("def kernel(...):", None, "unsupported on this GPU")
                 raise OutOfResources(262144, 232448, "shared memory")
 
             return launch
@@ -335,8 +339,9 @@ def test_a_kernel_too_big_for_the_gpu_leaves_that_width_to_the_inference_kernels
     monkeypatch.setattr(fused_kernels, "interpreting", lambda: True)
     x = torch.randn(1, 96, 8, 12)
     assert fused_kernels.applies(x)
-    with pytest.warns(UserWarning, match="96-channel maps stay with the inference kernels"):
+    with pytest.warns(UserWarning, match="96-channel maps stay with the inference kernels") as record:
         assert not fused_kernels._launched(TooBig(), fused_kernels._Launch(x, fused_kernels.default_config(96), 32), x)
+    assert "\n" not in str(record[0].message)  # one line, also for Triton's multi-line compile errors
     assert not fused_kernels.applies(x)
     assert fused_kernels.left_out() == {96}
     assert fused_kernels.applies(torch.zeros(1, 48, 8, 8))

@@ -235,17 +235,20 @@ def _triton_dtype(dtype: torch.dtype):
 
 def _launched(kernel, launch: _Launch, x: torch.Tensor, *args, **constants) -> bool:
     """Runs ``kernel`` on the map ``x``. False, with a warning once per width, when Triton finds
-    that it needs more registers or shared memory than this GPU has (wide maps, large tiles):
-    that width then stays with the inference kernels."""
+    that it needs more registers or shared memory than this GPU has (wide maps, large tiles), or
+    cannot build it for this GPU (they are on by default, so a Triton or GPU they were not
+    tried with must not stop a run): that width then stays with the inference kernels."""
+    from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
 
     try:
         kernel[(launch.programs,)](x, *args, *launch.tiles, **constants, **launch.constants)
         return True
-    except OutOfResources as error:
+    except (OutOfResources, CompilationError) as error:
         _too_wide.add(x.shape[1])
+        reason = " ".join(str(error).split())[:300]
         warnings.warn(
-            f"fused kernels: {x.shape[1]}-channel maps stay with the inference kernels on this GPU ({error})",
+            f"fused kernels: {x.shape[1]}-channel maps stay with the inference kernels on this GPU ({reason})",
             stacklevel=3,
         )
         return False
