@@ -43,7 +43,7 @@ examples:
   upfusion fuse --vis street.png --ir street_ir.png --out street_fused.png
   upfusion fuse --vis big_vis.png --ir big_ir.png --out fused/ --tile 1024
   upfusion fuse --a a/ --b b/ --out out/ --weights runs/exp1/final.json --device cuda --precision bf16
-  upfusion fuse --a a/ --b b/ --out out/ --device cuda --precision bf16 --batch-size 8 --compile   # GPU, many pairs
+  upfusion fuse --a a/ --b b/ --out out/ --device cuda --precision bf16 --batch-size 8   # GPU, many pairs
 """
 
 
@@ -177,7 +177,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_compile_option(
         p,
         "torch.compile each Restormer block (default scope; about a minute per image size and batch size) or "
-        "the whole model (many minutes); pays on GPUs with --batch-size, not on CPUs; falls back to eager on "
+        "the whole model (many minutes); pays on GPUs with --batch-size, not on CPUs, nor on Hopper GPUs in bf16 "
+        "or fp16, where the fused kernels run eagerly and faster; falls back to eager on "
         "failure; compiled code is kept for about two image sizes, further sizes run eagerly",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
