@@ -210,7 +210,7 @@ def test_unreadable_file_and_missing_folder_are_named(tmp_path):
     _write(tmp_path / "vi", "x.png", np.zeros((16, 16), np.uint8))
     (tmp_path / "ir").mkdir()
     (tmp_path / "ir" / "x.png").write_bytes(b"not a png")
-    with pytest.raises(UpfusionError, match=r"ir/x.png: cannot read image"):
+    with pytest.raises(UpfusionError, match=r"ir/x.png: not an image file \(unknown or unsupported format\)$"):
         FusionPairs([(tmp_path / "vi", tmp_path / "ir")], crop=8)
     with pytest.raises(UpfusionError, match="nope: no such file or directory"):
         FusionPairs([(tmp_path / "vi", tmp_path / "nope")], crop=8)

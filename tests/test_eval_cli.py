@@ -184,7 +184,7 @@ def test_corrupt_image(folders, capsys) -> None:
         capsys,
         _args(folders, "--metrics", "EN", "--workers", "1", "--json", str(js)),
         str(bad),
-        "cannot read",
+        "corrupt or truncated image",
     )
     assert not js.exists()  # nothing half-written
     # --skip-bad scores the others and records the bad one
@@ -206,10 +206,14 @@ def test_image_over_pillows_pixel_limit_is_a_one_line_error(folders, capsys) -> 
     # Pillow raises DecompressionBombError (not an OSError) before decoding such a file
     huge = png_claiming_size(folders["F"] / "t09.png", 20000, 10000)
     _assert_error(
-        capsys, _args(folders, "--metrics", "EN", "--workers", "1"), str(huge), "cannot read image", "exceeds"
+        capsys,
+        _args(folders, "--metrics", "EN", "--workers", "1"),
+        str(huge),
+        "too many pixels for Pillow to read",
+        "exceeds",
     )
     assert main(_args(folders, "--metrics", "EN", "--workers", "2", "--skip-bad")) == 0
-    assert f"skipped t09: {huge}: cannot read image" in capsys.readouterr().err
+    assert f"skipped t09: {huge}: too many pixels for Pillow to read" in capsys.readouterr().err
 
 
 def test_size_mismatch_and_16_bit(folders, capsys) -> None:

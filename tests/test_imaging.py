@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import warnings
 
@@ -275,6 +276,59 @@ def test_read_errors_name_the_file(tmp_path):
         with pytest.raises(UpfusionError, match=rf"cut\{suffix}: corrupt or truncated image") as info:
             imaging.read_image(tmp_path / f"cut{suffix}")
         assert "\n" not in str(info.value)
+
+
+def _every_reader():
+    """The package's image-file readers: fuse (imaging), train (data), eval and the report grid."""
+    from upfusion import data, evaluate, report
+
+    return [imaging.read_image, data.read_image_u8, evaluate.read_gray, report.read_display]
+
+
+def _truncated_png(path, monkeypatch):
+    buffer = io.BytesIO()
+    Image.fromarray(_rng().integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+
+def _text_as_png(path, monkeypatch):
+    path.write_text("these are not pixels\n")
+
+
+def _over_the_pixel_limit(path, monkeypatch):
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels: over twice the limit
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (_truncated_png, r"corrupt or truncated image \(OSError: image file is truncated[^\n]*\)"),
+        (_text_as_png, r"not an image file \(unknown or unsupported format\)"),
+        (_over_the_pixel_limit, r"too many pixels for Pillow to read \(Image size \(1600 pixels\) exceeds[^\n]*\)"),
+    ],
+    ids=["truncated", "text", "too-many-pixels"],
+)
+def test_every_reader_names_a_broken_file_in_the_same_words(tmp_path, monkeypatch, make, expected):
+    from upfusion.commands.fuse import is_complete
+
+    path = tmp_path / "broken.png"
+    make(path, monkeypatch)
+    messages = []
+    for read in _every_reader():
+        with pytest.raises(UpfusionError) as info:
+            read(path)
+        messages.append(str(info.value))
+    assert len(set(messages)) == 1, messages
+    assert re.fullmatch(re.escape(str(path)) + ": " + expected, messages[0]), messages[0]
+    assert not is_complete(path)  # fuse's check of an existing output only asks, it never raises
+
+
+def test_readers_without_their_own_checks_name_a_missing_file(tmp_path):
+    missing = tmp_path / "missing.png"
+    for read in _every_reader()[1:]:  # read_image checks first: "no such file"
+        with pytest.raises(UpfusionError, match=r"missing\.png: cannot read the file \(No such file or directory\)$"):
+            read(missing)
 
 
 def test_write_is_atomic_and_a_failed_encode_keeps_the_old_file(tmp_path):

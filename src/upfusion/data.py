@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import UpfusionError
+from .imaging import reading_errors
 from .pairing import pair_by_stem
 
 # BT.601 luma weights (spec section 7)
@@ -31,20 +32,13 @@ def read_image_u8(path: Path) -> np.ndarray:
     """An 8-bit image file as uint8 ``H x W`` (grey) or ``H x W x 3`` (colour); alpha dropped."""
     from PIL import ImageOps
 
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-                raise UpfusionError(f"{path}: {im.mode} image; training reads 8-bit images, convert it first")
-            # upright, as viewers show it and as upfusion fuse reads it (a camera's EXIF orientation)
-            im = ImageOps.exif_transpose(im)
-            im = im.convert("L") if im.mode in ("L", "LA", "1") else im.convert("RGB")
-            arr = np.asarray(im)
-    except UpfusionError:
-        raise
-    except Image.DecompressionBombError as exc:  # a valid header, but more pixels than Pillow will decode
-        raise UpfusionError(f"{path}: too many pixels for Pillow to read ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UpfusionError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
+    with reading_errors(path), Image.open(path) as im:
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+            raise UpfusionError(f"{path}: {im.mode} image; training reads 8-bit images, convert it first")
+        # upright, as viewers show it and as upfusion fuse reads it (a camera's EXIF orientation)
+        im = ImageOps.exif_transpose(im)
+        im = im.convert("L") if im.mode in ("L", "LA", "1") else im.convert("RGB")
+        arr = np.asarray(im)
     if arr.ndim == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
         arr = np.ascontiguousarray(arr[..., 0])  # a colour file with equal channels is grey
     return arr

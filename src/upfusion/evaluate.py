@@ -72,29 +72,25 @@ def read_gray(path: Path | str) -> np.ndarray:
     """An image file as H x W uint8 grey levels (see the module docstring for the rules)."""
     from PIL import Image, ImageOps
 
+    from .imaging import reading_errors
+
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            # PIL opens 16-bit colour PNGs as 8-bit RGB, dropping the low bits: look at the raw mode.
-            raw = [t.args if isinstance(t.args, str) else str(t.args) for t in im.tile if hasattr(t, "args")]
-            if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F") or any(";16" in r for r in raw):
-                kind = {"I": "32-bit integer", "F": "32-bit floating-point"}.get(mode, "16-bit")
-                raise UpfusionError(
-                    f"{path}: {kind} image (mode {mode}); the metrics take 8-bit images "
-                    "(grey levels 0..255), convert it to 8 bits first"
-                )
-            im.load()
-            # upright as upfusion fuse reads it (imaging.read_image), so results line up with their sources
-            im = ImageOps.exif_transpose(im)
-            if mode not in ("L", "LA", "RGB", "RGBA", "RGBX"):
-                im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")
-            arr = np.asarray(im)
-    except UpfusionError:
-        raise
-    except Exception as exc:  # Pillow raises many types for broken data (OSError, DecompressionBombError...)
-        message = " ".join(str(exc).split())
-        raise UpfusionError(f"{path}: cannot read image ({message})") from None
+    with reading_errors(path), Image.open(path) as im:
+        mode = im.mode
+        # PIL opens 16-bit colour PNGs as 8-bit RGB, dropping the low bits: look at the raw mode.
+        raw = [t.args if isinstance(t.args, str) else str(t.args) for t in im.tile if hasattr(t, "args")]
+        if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F") or any(";16" in r for r in raw):
+            kind = {"I": "32-bit integer", "F": "32-bit floating-point"}.get(mode, "16-bit")
+            raise UpfusionError(
+                f"{path}: {kind} image (mode {mode}); the metrics take 8-bit images "
+                "(grey levels 0..255), convert it to 8 bits first"
+            )
+        im.load()
+        # upright as upfusion fuse reads it (imaging.read_image), so results line up with their sources
+        im = ImageOps.exif_transpose(im)
+        if mode not in ("L", "LA", "RGB", "RGBA", "RGBX"):
+            im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")
+        arr = np.asarray(im)
     return to_gray_u8(arr, path)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,6 +312,33 @@ def from_pil(im: Image.Image, name: str = "image", suffix: str | None = None) ->
     return from_array(_pil_to_array(im, name), name, suffix)
 
 
+@contextmanager
+def reading_errors(path: str | Path) -> Iterator[None]:
+    """Turns whatever reading image file ``path`` inside the block raises into a one-line ``UpfusionError``.
+
+    Pillow raises many exception types for broken data (OSError, SyntaxError, ValueError,
+    struct.error, DecompressionBombError...): every reader of the package names the file and the
+    cause alike. An ``UpfusionError`` (a reader's own check) passes through untouched.
+    """
+    try:
+        yield
+    except UpfusionError:
+        raise
+    except UnidentifiedImageError:
+        raise UpfusionError(f"{path}: not an image file (unknown or unsupported format)") from None
+    except Image.DecompressionBombError as exc:  # a valid header, but more pixels than Pillow will decode
+        raise UpfusionError(f"{path}: too many pixels for Pillow to read ({_one_line(exc)})") from None
+    except Exception as exc:
+        # an OSError with an errno is the system's (missing file, permissions, I/O), not the data's
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise UpfusionError(f"{path}: cannot read the file ({exc.strerror or _one_line(exc)})") from None
+        raise UpfusionError(f"{path}: corrupt or truncated image ({type(exc).__name__}: {_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def read_image(path: str | Path) -> SourceImage:
     """Reads an image file; every problem becomes an ``UpfusionError`` naming the file."""
     path = Path(path)
@@ -319,24 +348,15 @@ def read_image(path: str | Path) -> SourceImage:
         raise UpfusionError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise UpfusionError(f"{path}: empty file (0 bytes)")
-    try:
-        with Image.open(path) as im:
-            if _is_16bit_multichannel(im):
-                array = _read_16bit_color(path, im.format)
-            else:
-                if getattr(im, "n_frames", 1) > 1:
-                    warnings.warn(f"{path}: {im.n_frames} frames, only the first is fused", UserWarning, stacklevel=2)
-                im.load()
-                # as viewers show it: a camera's EXIF orientation turns the pixels upright
-                array = _pil_to_array(ImageOps.exif_transpose(im), str(path))
-    except UpfusionError:
-        raise
-    except UnidentifiedImageError:
-        raise UpfusionError(f"{path}: not an image file (unknown or unsupported format)") from None
-    except Image.DecompressionBombError as exc:  # a valid header, but more pixels than Pillow will decode
-        raise UpfusionError(f"{path}: too many pixels for Pillow to read ({exc})") from None
-    except Exception as exc:  # Pillow raises many types for broken data (OSError, SyntaxError, ValueError...)
-        raise UpfusionError(f"{path}: corrupt or truncated image ({exc.__class__.__name__}: {exc})") from None
+    with reading_errors(path), Image.open(path) as im:
+        if _is_16bit_multichannel(im):
+            array = _read_16bit_color(path, im.format)
+        else:
+            if getattr(im, "n_frames", 1) > 1:
+                warnings.warn(f"{path}: {im.n_frames} frames, only the first is fused", UserWarning, stacklevel=2)
+            im.load()
+            # as viewers show it: a camera's EXIF orientation turns the pixels upright
+            array = _pil_to_array(ImageOps.exif_transpose(im), str(path))
     return from_array(array, str(path), path.suffix)
 
 

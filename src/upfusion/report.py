@@ -233,20 +233,17 @@ def read_display(path: Path | str) -> np.ndarray:
     """An 8-bit image for display: [H, W] grey or [H, W, 3] RGB uint8 (alpha dropped)."""
     from PIL import Image, ImageOps
 
+    from .imaging import reading_errors
+
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-                raise UpfusionError(f"{path}: image mode {im.mode} is not 8-bit; the grid shows 8-bit images")
-            im = ImageOps.exif_transpose(im)  # upright, as upfusion fuse and eval read it
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("L" if im.mode in ("1", "LA") else "RGB")
-            return np.asarray(im)
-    except UpfusionError:
-        raise
-    except Exception as exc:  # Pillow raises many types for broken data (OSError, DecompressionBombError...)
-        raise UpfusionError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
+    with reading_errors(path), Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+            raise UpfusionError(f"{path}: image mode {im.mode} is not 8-bit; the grid shows 8-bit images")
+        im = ImageOps.exif_transpose(im)  # upright, as upfusion fuse and eval read it
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("L" if im.mode in ("1", "LA") else "RGB")
+        return np.asarray(im)
 
 
 def grid_size(row_shapes: Sequence[tuple[int, int]], columns: int, panel_width: int) -> tuple[int, int]:
