@@ -284,10 +284,11 @@ def test_bad_options(folders, capsys) -> None:
     _assert_error(capsys, _args(folders, "--metrics", "SSIM,NOPE"), "unknown metric 'NOPE'")
     _assert_error(capsys, _args(folders, "--workers", "0"), "--workers")
     (folders["out"] / "file").write_text("")
+    target = folders["out"] / "file" / "x.json"
     _assert_error(
         capsys,
-        _args(folders, "--metrics", "EN", "--json", str(folders["out"] / "file" / "x.json")),
-        "cannot make folder",
+        _args(folders, "--metrics", "EN", "--json", str(target)),
+        f"--json {target}: {folders['out'] / 'file'} is not a folder",
     )
 
 
@@ -299,7 +300,9 @@ def test_output_that_is_a_folder_fails_before_scoring(folders, capsys, monkeypat
 
     monkeypatch.setattr(upfusion.evaluate, "evaluate_folders", never)
     for option in ("--json", "--csv"):
-        _assert_error(capsys, _args(folders, option, str(folders["out"])), f"{option} {folders['out']}: is a folder")
+        _assert_error(
+            capsys, _args(folders, option, str(folders["out"])), f"{option} {folders['out']}: is a folder, not a file"
+        )
 
 
 def test_write_error_is_one_line(folders, tmp_path) -> None:

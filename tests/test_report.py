@@ -323,15 +323,12 @@ def test_out_that_cannot_be_written_fails_before_scoring(dataset, tmp_path, caps
     (tmp_path / "file").write_text("x")
     assert main(report_args(dataset, tmp_path / "file" / "report", "--grid-pairs", "0")) == 1
     err = capsys.readouterr().err.strip()
-    assert err == (
-        f"upfusion report: error: {tmp_path / 'file' / 'report'}: cannot make the folder, "
-        f"{tmp_path / 'file'} is not a directory"
-    )
+    assert err == f"upfusion report: error: --out {tmp_path / 'file' / 'report'}: {tmp_path / 'file'} is not a folder"
     out = tmp_path / "out"
     (out / "table.csv").mkdir(parents=True)
     (out / "table.md").write_text("previous report\n")
     assert main(report_args(dataset, out, "--grid-pairs", "0")) == 1
-    assert f"{out / 'table.csv'}: is a folder" in capsys.readouterr().err
+    assert f"--out {out / 'table.csv'}: is a folder, not a file" in capsys.readouterr().err
     assert (out / "table.md").read_text() == "previous report\n"  # no half-replaced report
 
 

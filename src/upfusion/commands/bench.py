@@ -114,19 +114,6 @@ def _devices(names: list[str]) -> list[str]:
     return devices
 
 
-def _check_output(path: Path, option: str) -> None:
-    """Fails before the measurements, not after them, on a path that cannot become a file."""
-    from ..errors import UpfusionError
-
-    if path.is_dir():
-        raise UpfusionError(f"{option} {path}: is a folder, not a file")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UpfusionError(f"{option} {path}: {parent} is not a folder")
-
-
 def _write(path: Path, data: bytes, option: str) -> None:
     """Writes ``data`` to ``path`` atomically, creating its folder."""
     from ..atomic import write_bytes_atomic
@@ -145,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from ..fuse import DEFAULT_OVERLAP, resolve_weights
     from ..presets import PRESETS
     from ..pretrained.checkpoint import read_record
+    from .output_paths import check_output_file
 
     if args.weights:
         weights = resolve_weights(args.weights)  # a bundled name ("default") or a path, as fuse takes
@@ -171,9 +159,9 @@ def run(args: argparse.Namespace) -> int:
         overlap = min(DEFAULT_OVERLAP, args.tile // 2) if args.tile else DEFAULT_OVERLAP
     devices = _devices(args.device)
     if args.json:
-        _check_output(Path(args.json), "--json")
+        check_output_file(args.json, "--json")
     if args.markdown:
-        _check_output(Path(args.markdown), "--markdown")
+        check_output_file(args.markdown, "--markdown")
     for device in devices:
         if device == "cpu" and "fp16" in args.precision:
             raise UpfusionError("--precision fp16 runs on CUDA devices only")

@@ -67,12 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UpfusionError
     from ..evaluate import evaluate_folders
+    from .output_paths import check_output_file
 
     for option, target in (("--json", args.json), ("--csv", args.csv)):
-        # Their folders are made before scoring, so that a long run does not fail at its end.
+        # Checked, and their folders made, before scoring, so that a long run does not fail at its end.
         if target:
-            if Path(target).is_dir():
-                raise UpfusionError(f"{option} {target}: is a folder; give the file to write")
+            check_output_file(target, option)
             folder = Path(target).resolve().parent
             try:
                 folder.mkdir(parents=True, exist_ok=True)

@@ -110,16 +110,11 @@ def grid_stems(args: argparse.Namespace, folders: list[Path]) -> list[str]:
 
 def check_out(out: Path, filenames: list[str]) -> None:
     """Fails before the slow scoring where the report could not be written into ``out``."""
-    from ..errors import UpfusionError
+    from .output_paths import check_output_file, check_output_folder
 
-    if out.exists() and not out.is_dir():
-        raise UpfusionError(f"{out}: exists and is not a directory")
-    existing = next(parent for parent in [out, *out.parents] if parent.exists())
-    if not existing.is_dir():
-        raise UpfusionError(f"{out}: cannot make the folder, {existing} is not a directory")
+    check_output_folder(out, "--out")
     for filename in filenames:
-        if (out / filename).is_dir():
-            raise UpfusionError(f"{out / filename}: is a folder; the report writes a file of that name")
+        check_output_file(out / filename, "--out")
 
 
 def run(args: argparse.Namespace) -> int:
