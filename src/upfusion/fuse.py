@@ -204,7 +204,7 @@ class Fuser:
         batch_size: int = 4,
     ) -> list[Any]:
         """``fuse`` for many pairs; pairs of one size share network calls of up to ``batch_size`` pairs."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if not _is_int(batch_size) or batch_size < 1:
             raise UpfusionError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
         try:
             iterator = iter(pairs)
@@ -320,6 +320,11 @@ def check_compile(compile: str | None) -> str | None:
     return compile
 
 
+def _is_int(value: Any) -> bool:
+    """An int or a numpy integer, not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _whole_number(value: Any) -> int | None:
     """``value`` as an int if it writes one (2, "2", a numpy integer); None for 2.5, True or "x",
     which ``int()`` would take or truncate."""
@@ -345,9 +350,7 @@ def check_tile(tile: int | str | None, overlap: int | None = None) -> int | str 
     """``tile`` as the fuser uses it: ``"auto"``, None (never tile) or a tile side (multiple of 8, >= 64).
     ``overlap`` None: the default (``DEFAULT_OVERLAP``, or half a smaller tile), which always fits."""
     # overlap is checked for "auto" too: its tiles come later, when an image is large
-    if overlap is not None and (
-        isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0 or overlap % 8
-    ):
+    if overlap is not None and (not _is_int(overlap) or overlap < 0 or overlap % 8):
         raise UpfusionError(f"overlap must be a multiple of 8 and at least 0, not {overlap!r}")
     if tile == "auto" or tile is None:
         return tile
