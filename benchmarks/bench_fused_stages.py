@@ -69,6 +69,8 @@ def main() -> None:
     print(f"\nbatch {args.batch}, {args.precision}; GB/s: the stage's input and output maps (and v) per time\n")
     print("| stage | channels | size | variant | ms | GB/s |\n|---|---:|---|---|---:|---:|")
 
+    # the fused variants at every width (by default wider maps run the inference kernels on a GPU)
+    fused_kernels.GPU_WIDEST = fused_kernels.MAX_CHANNELS
     for c, heads, divisor in SHAPES:
         if args.channels and c not in args.channels:
             continue
@@ -89,7 +91,7 @@ def main() -> None:
 
         for stage, call, maps in (("MDTA", mdta, 3), ("GDFN", gdfn, 2), ("block", whole, 3)):
             traffic = maps * x.numel() * itemsize
-            default_programs, gpu_widest = fused_kernels.PROGRAMS_PER_SM, fused_kernels.GPU_WIDEST
+            default_programs = fused_kernels.PROGRAMS_PER_SM
             variants = [("inference kernels", call, False, None, default_programs)]
             if args.compiled:
                 compiled = torch.compile(call, dynamic=False)
@@ -100,8 +102,6 @@ def main() -> None:
             for name, fn, fused, config, programs in variants:
                 fused_kernels.set_fused_kernels(fused, config)
                 fused_kernels.PROGRAMS_PER_SM = programs
-                # the fused kernels at every width (by default wider maps run the inference kernels)
-                fused_kernels.GPU_WIDEST = fused_kernels.MAX_CHANNELS
                 try:
                     with warnings.catch_warnings(), inference_context(device, args.precision):
                         warnings.simplefilter("ignore")  # a tile that does not fit: said in the table
@@ -115,7 +115,6 @@ def main() -> None:
                 finally:
                     fused_kernels.set_fused_kernels(None)
                     fused_kernels.PROGRAMS_PER_SM = default_programs
-                    fused_kernels.GPU_WIDEST = gpu_widest
                 print(f"| {stage} | {c} | {w}x{h} | {name} | {result} |", flush=True)
 
 
