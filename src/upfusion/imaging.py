@@ -308,7 +308,9 @@ def from_pil(im: Image.Image, name: str = "image", suffix: str | None = None) ->
     try:
         im.load()  # a lazily opened file decodes here: a truncated or closed one fails here
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError... for broken data
-        raise UpfusionError(f"{name}: corrupt, truncated or closed image ({exc.__class__.__name__}: {exc})") from None
+        raise UpfusionError(
+            f"{name}: corrupt, truncated or closed image ({type(exc).__name__}: {_one_line(exc)})"
+        ) from None
     return from_array(_pil_to_array(im, name), name, suffix)
 
 
@@ -414,7 +416,7 @@ def write_image(path: str | Path, image: FusedImage) -> None:
     except UpfusionError:
         raise
     except Exception as exc:  # Pillow's encoders raise ValueError, OSError... (a WebP wider than 16383 pixels)
-        raise UpfusionError(f"{path}: cannot encode ({exc.__class__.__name__}: {exc})") from None
+        raise UpfusionError(f"{path}: cannot encode ({type(exc).__name__}: {_one_line(exc)})") from None
     try:
         write_bytes_atomic(path, data)
     except OSError as exc:
