@@ -1,7 +1,8 @@
 """One Restormer block stage at a time: the fused Triton kernels against the inference kernels.
 
     python benchmarks/bench_fused_stages.py [--batch 8] [--precision bf16] [--runs 20]
-        [--tiles 14x14:8 6x6:8 ...] [--programs-per-sm 1 4 64] [--channels 192 384] [--compiled]
+        [--tiles 14x14:8 6x6:8:168 6x14:8:f32 ...] [--programs-per-sm 1 4 64] [--channels 192 384]
+        [--compiled] [--plain] [--stages block] [--network]
 
 For the paper preset's block shapes at 640x480 (48 channels, the level-1 encoders; 96 channels
 at 320x240, level 2; 96 channels at 640x480, the level-1 decoder and refinement; 192 channels at
@@ -12,13 +13,18 @@ kernel also applies the attention): the inference kernels (``fast_ops``, eager;
 (``fused_kernels``) with each kernel's default tiles (at 48 and 96 channels the fastest this
 script timed on an H100; at every width, also those wider than ``fused_kernels.GPU_WIDEST``,
 which run the inference kernels by default), then with each output tile and warp count of
-``--tiles`` (``ROWSxCOLS:WARPS``) for both kernels: the defaults include tiles that spill, to
-see what spilling costs; and with the default tiles and each count of ``--programs-per-sm``
+``--tiles`` (``ROWSxCOLS:WARPS[:REGISTERS][:f32]``: a register limit per thread, a float32
+scratch tile; see ``fused_kernels.KernelConfig``) for both kernels: the defaults include tiles
+that spill, to see what spilling costs; and with the default tiles and each count of ``--programs-per-sm``
 (the persistent grid's programs a launch starts per multiprocessor, 2 by default: with many,
 each program takes few tiles and the programs' scratch outgrows the L2 cache, as when each tile
 had a program of its own). Prints milliseconds (median of ``--runs`` after warm-up) and
 the bandwidth that the stage's unavoidable traffic (its input and output maps, and v for MDTA
-and the block) would need at that speed. On a CUDA GPU; ``--device cpu`` with ``TRITON_INTERPRET=1`` only
+and the block) would need at that speed. ``--plain``: the whole block in the plain arithmetic
+too (cuDNN and cuBLAS on a GPU); ``--stages``: only these stages. ``--network``: then the paper
+preset at ``--size`` and ``--batch``, fused, with the default tile tables and with the tiles
+timed fastest here at each width (each kernel's own stage, or the block where only blocks were
+timed). On a CUDA GPU; ``--device cpu`` with ``TRITON_INTERPRET=1`` only
 checks that the script runs (use ``--size 16x24``).
 """
 
@@ -40,10 +46,59 @@ SHAPES = [(48, 1, 1), (96, 2, 2), (96, 1, 1), (192, 4, 4), (384, 8, 8)]
 
 
 def parse_config(text: str) -> fused_kernels.KernelConfig:
-    """``ROWSxCOLS:WARPS`` (8 warps if left out)."""
-    tile, _, warps = text.partition(":")
+    """``ROWSxCOLS[:WARPS][:REGISTERS][:f32]``: 8 warps if left out; a register limit per thread
+    (``KernelConfig.max_registers``); ``f32``: the depth-wise scratch in float32."""
+    tile, *options = text.split(":")
     rows, cols = map(int, tile.split("x"))
-    return fused_kernels.KernelConfig((rows, cols), int(warps or 8))
+    numbers = [int(option) for option in options if option != "f32"]
+    return fused_kernels.KernelConfig(
+        (rows, cols),
+        numbers[0] if numbers else 8,
+        numbers[1] if len(numbers) > 1 else None,
+        float32_scratch="f32" in options,
+    )
+
+
+def network_with_tables(args: argparse.Namespace, tables: dict[str, tuple] | None) -> str:
+    """The paper preset's median latency at ``--size`` and ``--batch`` with the fused kernels, with
+    the default tile tables or ``tables`` ({"gdfn": ..., "attention": ...}) in their place."""
+    from upfusion.benchmark import BenchCase, run_case
+
+    saved = fused_kernels._GDFN_TILES, fused_kernels._ATTENTION_TILES
+    if tables:
+        fused_kernels._GDFN_TILES, fused_kernels._ATTENTION_TILES = tables["gdfn"], tables["attention"]
+    height, width = parse_size(args.size)
+    case = BenchCase(
+        preset="paper", height=height, width=width, batch=args.batch, device=args.device,
+        precision=args.precision, arithmetic="fused",
+    )  # fmt: skip
+    try:
+        result = run_case(case, runs=args.runs // 2, warmup=2)
+    finally:
+        fused_kernels._GDFN_TILES, fused_kernels._ATTENTION_TILES = saved
+    return f"{1000 * result.latency_s:.1f} ms ({1000 * result.latency_s / args.batch:.1f} ms a pair)"
+
+
+def fastest_tables(timed: dict) -> dict:
+    """The default tile tables with, at each timed width, the kernel's config whose stage took the
+    least time summed over that width's shapes: MDTA's for the attention kernel and GDFN's for the
+    GDFN kernel, or the whole block's where only blocks were timed (one config for both kernels)."""
+    tables = {}
+    for kernel, own_stage, table in (
+        ("gdfn", "GDFN", fused_kernels._GDFN_TILES),
+        ("attention", "MDTA", fused_kernels._ATTENTION_TILES),
+    ):
+        chosen = {}
+        for c in sorted({c for kind, _, c in timed if kind == kernel}):
+            stage = own_stage if (kernel, own_stage, c) in timed else "block"
+            variants = timed[(kernel, stage, c)]
+            shapes = max(entry[1] for entry in variants.values())  # among those timed at all the shapes
+            chosen[c] = min((e for e in variants.values() if e[1] == shapes), key=lambda e: e[0])[2]
+        rows = [(c, config) for c, config in sorted(chosen.items())]
+        widest_timed = max(chosen, default=0)
+        rows += [(widest, config) for widest, config in table if widest > widest_timed]
+        tables[kernel] = tuple(rows)
+    return tables
 
 
 def main() -> None:
@@ -58,6 +113,12 @@ def main() -> None:
     parser.add_argument("--programs-per-sm", nargs="*", type=int, default=[1, 4, 64])
     parser.add_argument("--channels", nargs="*", type=int, help="only the block shapes of these widths")
     parser.add_argument("--compiled", action="store_true", help="also the inference kernels under torch.compile")
+    parser.add_argument("--plain", action="store_true", help="also the whole block in the plain arithmetic")
+    parser.add_argument("--stages", nargs="+", default=["MDTA", "GDFN", "block"], choices=["MDTA", "GDFN", "block"])
+    parser.add_argument(
+        "--network", action="store_true",
+        help="then the paper preset at --size and --batch, fused, with the default tiles and with the fastest timed here",
+    )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     height, width = parse_size(args.size)
@@ -70,7 +131,9 @@ def main() -> None:
     print("| stage | channels | size | variant | ms | GB/s |\n|---|---:|---|---|---:|---:|")
 
     # the fused variants at every width (by default wider maps run the inference kernels on a GPU)
-    fused_kernels.GPU_WIDEST = fused_kernels.MAX_CHANNELS
+    gpu_widest, fused_kernels.GPU_WIDEST = fused_kernels.GPU_WIDEST, fused_kernels.MAX_CHANNELS
+    # (kernel, stage, channels) -> variant -> (ms summed over the width's shapes, shapes, config)
+    timed: dict[tuple[str, int], dict[str, tuple[float, int, fused_kernels.KernelConfig]]] = {}
     for c, heads, divisor in SHAPES:
         if args.channels and c not in args.channels:
             continue
@@ -89,10 +152,18 @@ def main() -> None:
         def whole(block=block, x=x):
             return fast_ops.transformer_block(block, x)
 
+        def plain_block(block=block, x=x):
+            with fast_ops.plain_arithmetic():
+                return block(x)
+
         for stage, call, maps in (("MDTA", mdta, 3), ("GDFN", gdfn, 2), ("block", whole, 3)):
+            if stage not in args.stages:
+                continue
             traffic = maps * x.numel() * itemsize
             default_programs = fused_kernels.PROGRAMS_PER_SM
             variants = [("inference kernels", call, False, None, default_programs)]
+            if args.plain and stage == "block":
+                variants.append(("plain arithmetic (cuDNN, cuBLAS)", plain_block, False, None, default_programs))
             if args.compiled:
                 compiled = torch.compile(call, dynamic=False)
                 variants.append(("inference kernels, compiled", compiled, False, None, default_programs))
@@ -110,12 +181,29 @@ def main() -> None:
                         result = "did not fit the GPU (registers or shared memory) |"
                     else:
                         result = f"{ms:.3f} | {traffic / ms / 1e6:,.0f}"
+                        if fused and programs == default_programs and c <= gpu_widest:
+                            for kind in {"MDTA": ["attention"], "GDFN": ["gdfn"], "block": ["attention", "gdfn"]}[
+                                stage
+                            ]:
+                                chosen = config or fused_kernels.default_config(c, kind)
+                                entries = timed.setdefault((kind, stage, c), {})
+                                earlier, shapes, _ = entries.get(name, (0.0, 0, chosen))
+                                entries[name] = (earlier + ms, shapes + 1, chosen)
                 except Exception as error:  # a configuration Triton cannot build
                     result = f"error: {type(error).__name__}: {str(error).splitlines()[0][:80]} |"
                 finally:
                     fused_kernels.set_fused_kernels(None)
                     fused_kernels.PROGRAMS_PER_SM = default_programs
                 print(f"| {stage} | {c} | {w}x{h} | {name} | {result} |", flush=True)
+
+    fused_kernels.GPU_WIDEST = gpu_widest
+    if args.network:
+        tables = fastest_tables(timed)
+        print(f"\npaper preset, {args.size}, batch {args.batch}, {args.precision}, fused:\n")
+        print(f"- default tiles: {network_with_tables(args, None)}", flush=True)
+        for kernel, rows in tables.items():
+            print(f"- fastest timed {kernel} tiles: " + ", ".join(f"{c} ch {config}" for c, config in rows))
+        print(f"- with them: {network_with_tables(args, tables)}", flush=True)
 
 
 if __name__ == "__main__":

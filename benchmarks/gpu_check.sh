@@ -10,8 +10,8 @@
 # Writes log.txt, the bench JSON files and the training log and weights to $OUT.
 #
 # SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile cudagraphs
-# large profile profile-compiled compile-fast fused fused-compiled fused-ncu compile-model train"; by
-# default all but the last seven. The training section runs `upfusion train --config $TRAIN_CONFIG` for at most
+# large profile profile-compiled compile-fast fused fused-compiled fused-ncu fused-tiles compile-model
+# train"; by default all but the last eight. The training section runs `upfusion train --config $TRAIN_CONFIG` for at most
 # $TRAIN_SECONDS (it saves its state when stopped) and copies the weights it ended with and its
 # log to $OUT/train.
 set -u
@@ -141,13 +141,35 @@ fi
 
 if section fused-ncu; then
     # what bounds the fused kernels (55-210 GB/s of their stages' own traffic on the fourth lease):
-    # Nsight Compute on eight calls of the kernels at 96 channels (half and full resolution), batch 8
+    # Nsight Compute on the kernels at 96 channels, full resolution, batch 8 (bench_fused_stages
+    # launches A A G G A G A G per shape, attention then GDFN; the 320x240 shape's 8 come first),
+    # then each kernel's SASS with its warp-stall samples, to find the hot instructions
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
-    log "Nsight Compute: the fused kernels at 96 channels ($NCU)"
-    run timeout 300 "$NCU" --target-processes all -k regex:"gdfn_residual_kernel|attention_statistics_kernel" \
-        --launch-skip 2 --launch-count 8 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+    log "Nsight Compute: the fused kernels at 96 channels, 640x480 ($NCU)"
+    run timeout 240 "$NCU" --target-processes all -k regex:"gdfn_residual_kernel|attention_statistics_kernel" \
+        --launch-skip 8 --launch-count 4 --section SpeedOfLight --section ComputeWorkloadAnalysis \
         --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+        --section SchedulerStats --section InstructionStats --section SourceCounters --export "$OUT/fused96" \
         "$PY" benchmarks/bench_fused_stages.py --channels 96 --runs 1 --warmup 1 --tiles --programs-per-sm
+    run "$NCU" --import "$OUT/fused96.ncu-rep" --print-summary none
+    "$NCU" --import "$OUT/fused96.ncu-rep" --page source --print-source sass --csv > "$OUT/fused96_sass.csv" 2>&1
+    log "SASS table: $(wc -l < "$OUT/fused96_sass.csv") lines"
+fi
+
+if section fused-tiles; then
+    # after Nsight Compute (2026-11-28: the kernels wait on loads at 8 warps a multiprocessor, a
+    # fifth of the GDFN's instructions bf16 -> float32 conversions of the scratch tile, 8% scalar
+    # loads of the depth-wise taps): tiles whose output fills its power-of-two pixels, register
+    # limits (more programs a multiprocessor), float32 scratch; then the paper preset with the
+    # default tiles and with the fastest timed; then the wide blocks in the plain arithmetic
+    log "fused kernels: CUDA tests"
+    run timeout 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
+    log "fused kernels: tiles, register limits, float32 scratch, at 48 and 96 channels; the paper preset with the fastest"
+    run timeout 300 "$PY" benchmarks/bench_fused_stages.py --channels 48 96 --runs 10 --warmup 2 --programs-per-sm \
+        --tiles 6x14:8:f32 6x14:4:f32 8x8:8 8x8:8:f32 4x16:8:f32 8x8:4:168:f32 8x8:8:128:f32 --network
+    log "wide blocks: inference kernels, plain arithmetic, fused"
+    run timeout 60 "$PY" benchmarks/bench_fused_stages.py --channels 192 384 --stages block --plain --tiles \
+        --programs-per-sm
 fi
 
 if section compile-model; then

@@ -91,7 +91,9 @@ def compile_variant(
     kind, flag = VARIANTS[variant]
     constants = fused_kernels.kernel_constants(channels, config, compute)
     constants["EMULATED"] = False
-    num_warps = constants.pop("num_warps")
+    options = {"num_warps": constants.pop("num_warps")}
+    if "maxnreg" in constants:  # (written into the PTX, which ptxas honours)
+        options["maxnreg"] = constants.pop("maxnreg")
     data = TRITON_NAMES[compute]
     float32 = ("ln", "dw", "gram", "q_sq", "k_sq")  # LayerNorm weights, taps, sums
     if kind == "gdfn":
@@ -112,7 +114,8 @@ def compile_variant(
         elif name in ints:
             signature[name] = "i32"
         else:
-            signature[name] = "*fp32" if name.startswith(float32) else f"*{data}"
+            wide = name.startswith(float32) or (name == "scratch_ptr" and config.float32_scratch)
+            signature[name] = "*fp32" if wide else f"*{data}"
     aligned = {
         (i,): [["tt.divisibility", 16]]
         for i, name in enumerate(kernel.arg_names)
@@ -120,7 +123,7 @@ def compile_variant(
     }
     compiled = triton.compile(
         ASTSource(kernel, signature, constants, aligned), target=GPUTarget("cuda", arch, 32),
-        options=dict(num_warps=num_warps),
+        options=options,
     )  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
         ptx.write(compiled.asm["ptx"])
@@ -133,11 +136,15 @@ def compile_variant(
 
 
 def parse_config(text: str, channels: int, kind: str) -> fused_kernels.KernelConfig:
-    """``ROWSxCOLS:WARPS``, ``default:WARPS`` or ``default`` (the kernel's default config)."""
-    tile, _, warps = text.partition(":")
+    """``ROWSxCOLS:WARPS[:REGISTERS]``, ``default:WARPS`` or ``default`` (the kernel's default
+    config); ``REGISTERS``: a register limit per thread (``KernelConfig.max_registers``)."""
+    tile, _, rest = text.partition(":")
+    warps, _, registers = rest.partition(":")
     default = fused_kernels.default_config(channels, kind)
     rows, cols = default.tile if tile == "default" else map(int, tile.split("x"))
-    return fused_kernels.KernelConfig((rows, cols), int(warps) if warps else default.num_warps)
+    return fused_kernels.KernelConfig(
+        (rows, cols), int(warps) if warps else default.num_warps, int(registers) if registers else None
+    )
 
 
 def main() -> None:
@@ -145,7 +152,9 @@ def main() -> None:
     parser.add_argument("--preset", nargs="+", default=["paper", "default"], choices=sorted(PRESETS))
     parser.add_argument("--precision", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100)")
-    parser.add_argument("--tiles", nargs="+", default=["default"], help="ROWSxCOLS:WARPS configs to compare")
+    parser.add_argument(
+        "--tiles", nargs="+", default=["default"], help="ROWSxCOLS:WARPS[:REGISTERS] configs to compare"
+    )
     parser.add_argument("--channels", nargs="+", type=int, help="only the kernels of these widths")
     args = parser.parse_args()
     try:

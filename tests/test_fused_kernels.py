@@ -7,6 +7,7 @@ so that no other test sees ``TRITON_INTERPRET``. On a CUDA GPU they run compiled
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -35,20 +36,19 @@ def trained_like_block(c: int, heads: int, device: str):
 
 
 def stage_errors(
-    stage: str, c: int, heads: int, size: tuple[int, int], precision: str, device: str, tile: tuple[int, int] | None
+    stage: str, c: int, heads: int, size: tuple[int, int], precision: str, device: str, config=None
 ) -> dict[str, float]:
     """Max and mean difference from the fp32 plain arithmetic of a block's ``stage`` (``mdta``:
     x + MDTA(LN(x)); ``gdfn``: x + GDFN(LN(x)); ``block``: the whole block, where the GDFN's
     kernel also applies the attention; ``tcpm``: TCPM's top-k cross-attention of x and another
-    map) in ``precision``, for the fused kernels (with
-    output tiles of ``tile``, or the default), the inference kernels without them ("fast") and
-    the plain arithmetic."""
+    map) in ``precision``, for the fused kernels (cut by the ``KernelConfig`` ``config``, or the
+    default), the inference kernels without them ("fast") and the plain arithmetic; and the
+    fused result itself ("fused")."""
     from upfusion.inference import inference_context
     from upfusion.model import TCPM, fast_ops, fused_kernels
 
     block = trained_like_block(c, heads, device)
     x = torch.randn(2, c, *size, device=device)
-    config = fused_kernels.KernelConfig(tile) if tile else None
     tcpm = TCPM(c, heads, text_dim=8, keep_ratio=0.5, expansion=2.66).eval().to(device)
     with torch.no_grad():  # its LayerNorms away from 1 and 0 too
         for norm in (tcpm.norm1, tcpm.norm2):
@@ -89,7 +89,7 @@ def stage_errors(
     with inference_context(device, precision):
         results = {"fused": fused(), "fast": fast(), "plain": plain()}
     assert results["fused"].is_contiguous(memory_format=torch.channels_last)
-    errors = {}
+    errors = {"fused": results["fused"]}
     for name, y in results.items():
         errors[f"{name}_max"] = (y - reference).abs().max().item()
         errors[f"{name}_mean"] = (y - reference).abs().mean().item()
@@ -202,13 +202,15 @@ OTHER_TILES = [
     f"{stage} 48 1 20x33 fp32 5x7 {programs}" for stage in ("mdta", "gdfn", "tcpm") for programs in (1, 3, 1000)
 ]
 HALF = [f"{stage} 48 1 20x33 {precision}" for stage in STAGES for precision in ("bf16", "fp16")]
+# the depth-wise scratch in float32 rather than bf16 (KernelConfig.float32_scratch), bf16 arithmetic
+SCRATCH = [f"block 48 1 20x33 bf16 6x14{scratch}" for scratch in ("", ":f32")]
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict]:
     """Every check of this file in Triton's interpreter, in one fresh process (one import of torch)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    checks = [*FP32, *OTHER_TILES, *HALF, "network", "weights", "compiled"]
+    checks = [*FP32, *OTHER_TILES, *HALF, *SCRATCH, "network", "weights", "compiled"]
     proc = subprocess.run([sys.executable, __file__, *checks], env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.splitlines()[-1])
@@ -244,6 +246,14 @@ def test_fused_stage_in_half_precision_is_as_close_as_the_inference_kernels(inte
     errors = result(interpreted, check)
     assert errors["fused_mean"] < 1.5 * errors["fast_mean"], errors
     assert errors["fused_max"] < 3 * errors["fast_max"], errors
+
+
+def test_a_float32_scratch_tile_gives_the_same_result(interpreted):
+    """The projections are rounded to bf16 before they reach the scratch tile, so holding them in
+    float32 changes no value: the whole block comes out the same."""
+    bf16, float32 = (torch.tensor(result(interpreted, check)["fused"]) for check in SCRATCH)
+    assert torch.equal(bf16, float32)
+    assert bf16.abs().max() > 0.1  # (a real output)
 
 
 def test_fused_kernels_run_inside_a_compiled_model(interpreted):
@@ -367,6 +377,19 @@ def test_fused_stage_on_cuda(stage, precision):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_kernel_options_on_cuda():
+    """Other tiles, a register limit and a float32 scratch tile compute the same GDFN (no atomic
+    sums there: the same values to the bit with either scratch)."""
+    from upfusion.model.fused_kernels import KernelConfig
+
+    config = KernelConfig((8, 8), 8, max_registers=168)
+    narrow = stage_errors("gdfn", 96, 2, (37, 61), "bf16", "cuda", config)
+    wide = stage_errors("gdfn", 96, 2, (37, 61), "bf16", "cuda", dataclasses.replace(config, float32_scratch=True))
+    assert torch.equal(narrow["fused"], wide["fused"])
+    assert narrow["fused_mean"] < 1.5 * narrow["fast_mean"], narrow
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fused_network_on_cuda():
     for errors in (network_errors("cuda", "bf16"), weights_changed_errors("cuda", "bf16")):
         assert errors["fused_mean"] < 1.5 * errors["fast_mean"], errors
@@ -388,18 +411,23 @@ def test_fused_kernels_leave_fp32_on_cuda_to_the_inference_kernels():
 
 
 def run_check(check: str) -> dict:
-    """``mdta|gdfn|block|tcpm C HEADS HxW PRECISION [TILE [PROGRAMS]]``, ``network``, ``weights`` or
+    """``mdta|gdfn|block|tcpm C HEADS HxW PRECISION [TILE[:f32] [PROGRAMS]]``, ``network``, ``weights`` or
     ``compiled``, on the CPU (PROGRAMS: how many programs a launch starts)."""
     from upfusion.model import fused_kernels
 
     what, *rest = check.split()
     if what in STAGES:
         c, heads, size, precision = rest[:4]
-        tile = tuple(map(int, rest[4].split("x"))) if len(rest) > 4 else None
         height, width = map(int, size.split("x"))
+        config = None
+        if len(rest) > 4:  # ROWSxCOLS, or ROWSxCOLS:f32 for a float32 scratch tile
+            tile, _, scratch = rest[4].partition(":")
+            config = fused_kernels.KernelConfig(tuple(map(int, tile.split("x"))), float32_scratch=scratch == "f32")
         programs = int(rest[5]) if len(rest) > 5 else fused_kernels.INTERPRETER_PROGRAMS
         with mock.patch.object(fused_kernels, "INTERPRETER_PROGRAMS", programs):
-            return stage_errors(what, int(c), int(heads), (height, width), precision, "cpu", tile)
+            errors = stage_errors(what, int(c), int(heads), (height, width), precision, "cpu", config)
+        fused = errors.pop("fused")
+        return {**errors, "fused": fused.tolist()} if check in SCRATCH else errors
     if what == "compiled":
         return compiled_network_errors()
     return network_errors("cpu", "fp32") if what == "network" else weights_changed_errors("cpu", "fp32")

@@ -145,6 +145,13 @@ class KernelConfig:
 
     tile: tuple[int, int]
     num_warps: int = 8
+    # ptxas's register limit per thread (Triton's ``maxnreg``); None: up to 255, which leaves
+    # room for one program of 8 warps per multiprocessor. Fewer registers, more programs, spills.
+    max_registers: int | None = None
+    # the depth-wise convolution's scratch tile in float32 rather than the compute dtype: twice
+    # the bytes, no conversion on each of the nine reads (a fifth of the GDFN kernel's
+    # instructions on the H100 were bf16 -> float32 conversions)
+    float32_scratch: bool = False
 
 
 def hidden_slice(channels: int) -> int:
@@ -189,7 +196,7 @@ class _Launch:
 
     One launch of a few programs per multiprocessor, each taking every ``programs``-th tile (a
     persistent grid), rather than one program per tile: each program's scratch (its tile's
-    depth-wise inputs, in the compute dtype) is reused tile after tile, so all of it, a few MB,
+    depth-wise inputs, in the compute dtype or float32: ``KernelConfig``) is reused tile after tile, so all of it, a few MB,
     stays in the GPU's L2 cache. With a scratch tile per output tile (as before 2026-11-27), the
     paper preset's kernels wrote 7 MB to 1.9 GB of float32 scratch per call on a 640x480 batch of
     8, up to 4 times the map itself (MDTA at 96 channels, full resolution: 1.9 GB against 0.47
@@ -211,7 +218,8 @@ class _Launch:
             slots = INTERPRETER_PROGRAMS
         self.programs = min(self.tiles[2], slots)
         per_program = self.constants["HALO_P"] * scratch_columns
-        self.scratch = torch.empty(self.programs * per_program, dtype=self.compute, device=x.device)
+        scratch_dtype = torch.float32 if config.float32_scratch else self.compute
+        self.scratch = torch.empty(self.programs * per_program, dtype=scratch_dtype, device=x.device)
 
 
 def kernel_constants(channels: int, config: KernelConfig, compute: torch.dtype) -> dict:
@@ -223,7 +231,7 @@ def kernel_constants(channels: int, config: KernelConfig, compute: torch.dtype) 
         HALO_P=_next_power_of_2((tile_h + 2) * (tile_w + 2)), OUT_P=_next_power_of_2(tile_h * tile_w),
         DOT_DTYPE=_triton_dtype(compute),
         PRECISION="ieee" if compute == torch.float32 else "tf32", EMULATED=interpreting(),
-        num_warps=config.num_warps,
+        num_warps=config.num_warps, **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )  # fmt: skip
 
 
@@ -264,6 +272,13 @@ def _rows(w: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([w, w.new_zeros(rows - w.shape[0], w.shape[1])]) if rows > w.shape[0] else w.contiguous()
 
 
+def _taps(dw: torch.Tensor, columns: int) -> torch.Tensor:
+    """Depth-wise 3x3 taps [k, 1, 3, 3] as float32 [9, columns], tap-major (zero-padded columns):
+    the kernels load a tap's columns as one vector (channel-major, each thread's columns were 9
+    values apart: one scalar load each, 8% of the GDFN kernel's instructions on the H100)."""
+    return _rows(dw, columns, torch.float32).t().contiguous()
+
+
 # The kernels' weight layouts, made once per module: each costs a dozen small operations, and
 # on a GPU their launches would add up over the blocks. A parameter changed in place (training)
 # has a new version, and the layouts are made again.
@@ -283,15 +298,15 @@ def _prepared_weights(
 
 
 def _gdfn_weights(norm: nn.Module, ffn: nn.Module, padded: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """LayerNorm weight and bias and both halves of the depth-wise taps as [padded, 9] (float32:
-    with taps in bf16, TCPM's top-k picked unlike the inference kernels' in the bf16 test); in
+    """LayerNorm weight and bias and both halves of the depth-wise taps as [9, padded] (tap-major;
+    float32: with taps in bf16, TCPM's top-k picked unlike the inference kernels' in the bf16 test); in
     ``dtype``: both halves of ``project_in`` as [C, padded] and ``project_out`` as [padded, C]."""
     hidden = ffn.project_out.in_channels
     w_in, dw = ffn.project_in.weight, ffn.dwconv.weight  # [2 hidden, C, 1, 1], [2 hidden, 1, 3, 3]
     return (
         norm.body.weight.float(), norm.body.bias.float(),
         _rows(w_in[:hidden], padded, dtype).t().contiguous(), _rows(w_in[hidden:], padded, dtype).t().contiguous(),
-        _rows(dw[:hidden], padded, torch.float32), _rows(dw[hidden:], padded, torch.float32),
+        _taps(dw[:hidden], padded), _taps(dw[hidden:], padded),
         _rows(ffn.project_out.weight.flatten(1).t(), padded, dtype),
     )  # fmt: skip
 
@@ -339,7 +354,7 @@ def gdfn_residual(
 def _attention_weights(
     norm_q: nn.Module, norm_kv: nn.Module, w_q, dw_q, w_kv, dw_kv, dtype: torch.dtype
 ) -> tuple[torch.Tensor, ...]:
-    """The two LayerNorms' weights and biases and q, k and v's depth-wise taps as [C, 9] (float32,
+    """The two LayerNorms' weights and biases and q, k and v's depth-wise taps as [9, C] (float32,
     see ``_gdfn_weights``); q, k and v's 1x1 weights as [C, C] (input-major) in ``dtype``
     (``w_kv``, ``dw_kv``: k's channels, then v's)."""
     c = w_q.shape[0]
@@ -347,7 +362,7 @@ def _attention_weights(
         norm_q.body.weight.float(), norm_q.body.bias.float(), norm_kv.body.weight.float(), norm_kv.body.bias.float(),
         _rows(w_q, c, dtype).t().contiguous(), _rows(w_kv[:c], c, dtype).t().contiguous(),
         _rows(w_kv[c:], c, dtype).t().contiguous(),
-        _rows(dw_q, c, torch.float32), _rows(dw_kv[:c], c, torch.float32), _rows(dw_kv[c:], c, torch.float32),
+        _taps(dw_q, c), _taps(dw_kv[:c], c), _taps(dw_kv[c:], c),
     )  # fmt: skip
 
 

@@ -126,12 +126,13 @@ def project_to_scratch(
 
 @triton.jit
 def depthwise_from_scratch(
-    scratch, dw_ptr, cols, cols_ok,
+    scratch, dw_ptr, dw_stride, cols, cols_ok,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, OUT_P: tl.constexpr, COLS: tl.constexpr,
     DOT_DTYPE: tl.constexpr, EMULATED: tl.constexpr,
 ):  # fmt: skip
-    """The depth-wise 3x3 conv (``dw``: [channels, 9]) at the output tile's pixels, from the halo
-    tile in ``scratch``; rounded as the unfused convolution's output. [OUT_P, COLS]."""
+    """The depth-wise 3x3 conv (``dw``: [9, dw_stride], tap-major, so that a tap's columns are
+    one vector load) at the output tile's pixels, from the halo tile in ``scratch``; rounded as
+    the unfused convolution's output. [OUT_P, COLS]."""
     halo_w: tl.constexpr = TILE_W + 2
     op = tl.arange(0, OUT_P)
     within = op < TILE_H * TILE_W
@@ -140,7 +141,7 @@ def depthwise_from_scratch(
     for tap in range(9):  # not unrolled: unrolled, the nine loads are all issued at once and spill
         src = tl.where(within, (row + tap // 3) * halo_w + (col + tap % 3), 0)
         y = tl.load(scratch + src[:, None] * COLS + tl.arange(0, COLS)[None, :]).to(tl.float32)
-        out += y * tl.load(dw_ptr + cols * 9 + tap, mask=cols_ok, other=0.0)[None, :]
+        out += y * tl.load(dw_ptr + tap * dw_stride + cols, mask=cols_ok, other=0.0)[None, :]
     return rounded(out, DOT_DTYPE, EMULATED)
 
 
@@ -152,7 +153,8 @@ def pointwise_depthwise(
     PRECISION: tl.constexpr, EMULATED: tl.constexpr,
 ):  # fmt: skip
     """``dwconv3x3(conv1x1(normed))`` onto the columns ``col0 + j`` (``j < valid``) at the output
-    tile's pixels, through ``scratch``; [OUT_P, COLS]."""
+    tile's pixels, through ``scratch``; [OUT_P, COLS]. (``w``: [channels, row_stride]; ``dw``:
+    [9, row_stride].)"""
     project_to_scratch(
         normed, inside, w_ptr, row_stride, col0, valid, channels, scratch,
         BLOCK_C, HALO_P, COLS, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
@@ -160,7 +162,9 @@ def pointwise_depthwise(
     cols = col0 + tl.arange(0, COLS)
     cols_ok = tl.arange(0, COLS) < valid
     tl.debug_barrier()  # the whole halo tile is written before any thread reads a neighbour
-    out = depthwise_from_scratch(scratch, dw_ptr, cols, cols_ok, TILE_H, TILE_W, OUT_P, COLS, DOT_DTYPE, EMULATED)
+    out = depthwise_from_scratch(
+        scratch, dw_ptr, row_stride, cols, cols_ok, TILE_H, TILE_W, OUT_P, COLS, DOT_DTYPE, EMULATED
+    )
     tl.debug_barrier()  # every read is done before the scratch is written again
     return out
 
