@@ -99,7 +99,9 @@ def compile_variant(
     if kind == "gdfn":
         kernel = triton_kernels.gdfn_residual_kernel
         constants.update(
-            SLICE=fused_kernels.hidden_slice(channels), WITH_ATTENTION=flag, OUT_DTYPE=constants["DOT_DTYPE"]
+            SLICE=config.hidden_slice or fused_kernels.hidden_slice(channels),
+            WITH_ATTENTION=flag,
+            OUT_DTYPE=constants["DOT_DTYPE"],
         )
         ints = {"height", "width", "channels", "hidden_padded", *TILING}
     else:

@@ -152,6 +152,8 @@ class KernelConfig:
     # the bytes, no conversion on each of the nine reads (a fifth of the GDFN kernel's
     # instructions on the H100 were bf16 -> float32 conversions)
     float32_scratch: bool = False
+    # the hidden channels the GDFN kernel takes per step; None: ``hidden_slice(channels)``
+    hidden_slice: int | None = None
 
 
 def hidden_slice(channels: int) -> int:
@@ -286,10 +288,11 @@ _prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _prepared_weights(
-    owner: nn.Module, modules: tuple[nn.Module, ...], dtype: torch.dtype, make
+    owner: nn.Module, modules: tuple[nn.Module, ...], layout: tuple, make
 ) -> tuple[torch.Tensor, ...]:
-    """``make()``, cached on ``owner`` while the parameters of ``modules`` and ``dtype`` stay the same."""
-    key = (dtype,) + tuple((p.data_ptr(), p._version, p.device) for m in modules for p in m.parameters())
+    """``make()``, cached on ``owner`` while the parameters of ``modules`` and ``layout`` (what
+    else the layouts depend on: the dtype, the padding) stay the same."""
+    key = layout + tuple((p.data_ptr(), p._version, p.device) for m in modules for p in m.parameters())
     cached = _prepared.get(owner)
     if cached is None or cached[0] != key:
         with torch.no_grad():
@@ -329,12 +332,13 @@ def gdfn_residual(
     from .triton_kernels import gdfn_residual_kernel
 
     n, c, height, width = x.shape
-    step = hidden_slice(c)
-    launch = _Launch(x, config or _config or default_config(c, "gdfn"), step)
+    config = config or _config or default_config(c, "gdfn")
+    step = config.hidden_slice or hidden_slice(c)
+    launch = _Launch(x, config, step)
     x = x.contiguous(memory_format=torch.channels_last)
     padded = -(-ffn.project_out.in_channels // step) * step
     weights = _prepared_weights(
-        ffn, (norm, ffn), launch.compute, lambda: _gdfn_weights(norm, ffn, padded, launch.compute)
+        ffn, (norm, ffn), (launch.compute, padded), lambda: _gdfn_weights(norm, ffn, padded, launch.compute)
     )
     if attention is None:
         values = matrix_t = x  # (not read)
@@ -386,7 +390,7 @@ def _attention_statistics(
     head_width = c // heads
     head_p = _next_power_of_2(head_width)
     launch = _Launch(xq, config or _config or default_config(c, "attention"), head_p)
-    weights = _prepared_weights(owner, modules, launch.compute, lambda: make_weights(launch.compute))
+    weights = _prepared_weights(owner, modules, (launch.compute,), lambda: make_weights(launch.compute))
     xq = xq.contiguous(memory_format=torch.channels_last)
     same = xkv is None
     xkv = xq if same else xkv.contiguous(memory_format=torch.channels_last)
