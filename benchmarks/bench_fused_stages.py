@@ -13,8 +13,9 @@ kernel also applies the attention): the inference kernels (``fast_ops``, eager;
 (``fused_kernels``) with each kernel's default tiles (at 48 and 96 channels the fastest this
 script timed on an H100; at every width, also those wider than ``fused_kernels.GPU_WIDEST``,
 which run the inference kernels by default), then with each output tile and warp count of
-``--tiles`` (``ROWSxCOLS:WARPS[:REGISTERS][:f32][:sSLICE]``: a register limit per thread, a
-float32 scratch tile, the GDFN's hidden channels per step; see ``fused_kernels.KernelConfig``) for both kernels: the defaults include tiles
+``--tiles`` (``ROWSxCOLS:WARPS[:REGISTERS][:f32][:sSLICE][:tap]``: a register limit per
+thread, a float32 scratch tile, the GDFN's hidden channels per step, tap-major depth-wise taps;
+see ``fused_kernels.KernelConfig.parse``) for both kernels: the defaults include tiles
 that spill, to see what spilling costs; and with the default tiles and each count of ``--programs-per-sm``
 (the persistent grid's programs a launch starts per multiprocessor, 2 by default: with many,
 each program takes few tiles and the programs' scratch outgrows the L2 cache, as when each tile
@@ -43,23 +44,6 @@ from upfusion.model.blocks import TransformerBlock
 
 # (channels, heads, size divisor): the paper preset's block shapes
 SHAPES = [(48, 1, 1), (96, 2, 2), (96, 1, 1), (192, 4, 4), (384, 8, 8)]
-
-
-def parse_config(text: str) -> fused_kernels.KernelConfig:
-    """``ROWSxCOLS[:WARPS][:REGISTERS][:f32][:sSLICE]``: 8 warps if left out; a register limit per
-    thread (``KernelConfig.max_registers``); ``f32``: the depth-wise scratch in float32; ``s64``:
-    the GDFN kernel's hidden channels per step."""
-    tile, *options = text.split(":")
-    rows, cols = map(int, tile.split("x"))
-    numbers = [int(option) for option in options if option.isdigit()]
-    slices = [int(option[1:]) for option in options if option.startswith("s")]
-    return fused_kernels.KernelConfig(
-        (rows, cols),
-        numbers[0] if numbers else 8,
-        numbers[1] if len(numbers) > 1 else None,
-        float32_scratch="f32" in options,
-        hidden_slice=slices[0] if slices else None,
-    )
 
 
 def network_with_tables(args: argparse.Namespace, tables: dict[str, tuple] | None) -> str:
@@ -171,7 +155,10 @@ def main() -> None:
                 compiled = torch.compile(call, dynamic=False)
                 variants.append(("inference kernels, compiled", compiled, False, None, default_programs))
             variants.append(("fused, default tiles", call, True, None, default_programs))
-            variants += [(f"fused, {text}", call, True, parse_config(text), default_programs) for text in args.tiles]
+            variants += [
+                (f"fused, {text}", call, True, fused_kernels.KernelConfig.parse(text), default_programs)
+                for text in args.tiles
+            ]
             variants += [(f"fused, default tiles, {n} programs/SM", call, True, None, n) for n in args.programs_per_sm]
             for name, fn, fused, config, programs in variants:
                 fused_kernels.set_fused_kernels(fused, config)

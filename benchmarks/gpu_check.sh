@@ -159,14 +159,16 @@ fi
 if section fused-tiles; then
     # after Nsight Compute (2026-11-28: the kernels wait on loads at 8 warps a multiprocessor, a
     # fifth of the GDFN's instructions bf16 -> float32 conversions of the scratch tile, 8% scalar
-    # loads of the depth-wise taps): tiles whose output fills its power-of-two pixels, register
-    # limits (more programs a multiprocessor), float32 scratch, 64 hidden channels a step; then the paper preset with the
-    # default tiles and with the fastest timed; then the wide blocks in the plain arithmetic
+    # loads of the depth-wise taps): float32 scratch, tap-major taps, tiles whose output fills its
+    # power-of-two pixels, register limits (more programs a multiprocessor), 64 hidden channels a
+    # step; then the paper preset with the default tiles and with the fastest timed; then the
+    # wide blocks in the plain arithmetic
     log "fused kernels: CUDA tests"
     run timeout 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
-    log "fused kernels: tiles, register limits, float32 scratch, at 48 and 96 channels; the paper preset with the fastest"
+    log "fused kernels: config options at 48 and 96 channels; the paper preset with the fastest"
     run timeout 300 "$PY" benchmarks/bench_fused_stages.py --channels 48 96 --runs 10 --warmup 2 --programs-per-sm \
-        --tiles 6x14:8:f32 6x14:4:f32 8x8:8 8x8:8:f32 4x16:8:f32 4x16:8:f32:s64 8x8:4:168:f32 8x8:8:128:f32 --network
+        --tiles 6x14:8:f32 6x14:8:tap 6x14:4:f32 8x8:8 8x8:8:f32 4x16:8:f32 4x16:8:f32:s64 8x8:4:168:f32 \
+        8x8:8:128:f32 --network
     log "wide blocks: inference kernels, plain arithmetic, fused"
     run timeout 60 "$PY" benchmarks/bench_fused_stages.py --channels 192 384 --stages block --plain --tiles \
         --programs-per-sm

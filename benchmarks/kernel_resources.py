@@ -137,18 +137,6 @@ def compile_variant(
     return Resources(int(registers.group(1)), int(spills.group(1)), int(spills.group(2)), compiled.metadata.shared)
 
 
-def parse_config(text: str, channels: int, kind: str) -> fused_kernels.KernelConfig:
-    """``ROWSxCOLS:WARPS[:REGISTERS]``, ``default:WARPS`` or ``default`` (the kernel's default
-    config); ``REGISTERS``: a register limit per thread (``KernelConfig.max_registers``)."""
-    tile, _, rest = text.partition(":")
-    warps, _, registers = rest.partition(":")
-    default = fused_kernels.default_config(channels, kind)
-    rows, cols = default.tile if tile == "default" else map(int, tile.split("x"))
-    return fused_kernels.KernelConfig(
-        (rows, cols), int(warps) if warps else default.num_warps, int(registers) if registers else None
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", nargs="+", default=["paper", "default"], choices=sorted(PRESETS))
@@ -173,9 +161,12 @@ def main() -> None:
             if args.channels and channels not in args.channels:
                 continue
             for text in args.tiles:
-                config = parse_config(text, channels, VARIANTS[variant][0])
+                config = fused_kernels.KernelConfig.parse(
+                    text, fused_kernels.default_config(channels, VARIANTS[variant][0])
+                )
                 found = compile_variant(variant, channels, heads, config, DTYPES[args.precision], args.arch)
-                tile = "x".join(map(str, config.tile)) + (" (default)" if text == "default" else "")
+                tile = "x".join(map(str, config.tile)) + " (default)" if text == "default" else text.split(":")[0]
+                tile += "".join(f", {option}" for option in ("f32", "tap") if option in text.split(":"))
                 print(
                     f"| {preset} | {variant} | {channels} | {heads} | {tile} | {config.num_warps} | "
                     f"{found.registers} | {found.spill_stores} | {found.shared / 1024:.0f} |",

@@ -202,15 +202,18 @@ OTHER_TILES = [
     f"{stage} 48 1 20x33 fp32 5x7 {programs}" for stage in ("mdta", "gdfn", "tcpm") for programs in (1, 3, 1000)
 ]
 HALF = [f"{stage} 48 1 20x33 {precision}" for stage in STAGES for precision in ("bf16", "fp16")]
-# the depth-wise scratch in float32 rather than bf16 (KernelConfig.float32_scratch), bf16 arithmetic
-SCRATCH = [f"block 48 1 20x33 bf16 6x14{scratch}" for scratch in ("", ":f32")]
+# the depth-wise scratch in float32 rather than bf16 (KernelConfig.float32_scratch), and the taps
+# tap-major, in bf16 arithmetic: the same values as the default layouts
+SCRATCH = [f"block 48 1 20x33 bf16 6x14{options}" for options in ("", ":f32", ":tap")]
+# every option at once, 64 hidden channels a step, in fp32 (against the plain arithmetic)
+OPTIONS = [f"{stage} 96 2 9x17 fp32 4x16:8:168:f32:s64:tap" for stage in ("block", "tcpm")]
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict]:
     """Every check of this file in Triton's interpreter, in one fresh process (one import of torch)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    checks = [*FP32, *OTHER_TILES, *HALF, *SCRATCH, "network", "weights", "compiled"]
+    checks = [*FP32, *OTHER_TILES, *HALF, *SCRATCH, *OPTIONS, "network", "weights", "compiled"]
     proc = subprocess.run([sys.executable, __file__, *checks], env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.splitlines()[-1])
@@ -248,12 +251,33 @@ def test_fused_stage_in_half_precision_is_as_close_as_the_inference_kernels(inte
     assert errors["fused_max"] < 3 * errors["fast_max"], errors
 
 
-def test_a_float32_scratch_tile_gives_the_same_result(interpreted):
+def test_a_float32_scratch_tile_or_tap_major_taps_give_the_same_result(interpreted):
     """The projections are rounded to bf16 before they reach the scratch tile, so holding them in
-    float32 changes no value: the whole block comes out the same."""
-    bf16, float32 = (torch.tensor(result(interpreted, check)["fused"]) for check in SCRATCH)
-    assert torch.equal(bf16, float32)
-    assert bf16.abs().max() > 0.1  # (a real output)
+    float32 changes no value; nor does the taps' layout: the whole block comes out the same."""
+    default, float32, tap_major = (torch.tensor(result(interpreted, check)["fused"]) for check in SCRATCH)
+    assert torch.equal(default, float32) and torch.equal(default, tap_major)
+    assert default.abs().max() > 0.1  # (a real output)
+
+
+@pytest.mark.parametrize("check", OPTIONS)
+def test_fused_stage_with_every_config_option(interpreted, check):
+    errors = result(interpreted, check)
+    assert errors["fused_max"] < 1e-4, errors
+
+
+def test_kernel_configs_read_from_text():
+    from upfusion.model.fused_kernels import KernelConfig
+
+    assert KernelConfig.parse("6x14") == KernelConfig((6, 14))
+    assert KernelConfig.parse("4x16:4:168:f32:s64:tap") == KernelConfig(
+        (4, 16), 4, 168, float32_scratch=True, hidden_slice=64, tap_major=True
+    )
+    default = KernelConfig((6, 14), num_warps=4)
+    assert KernelConfig.parse("default", default) is default
+    assert KernelConfig.parse("default:8:f32", default) == KernelConfig((6, 14), 8, float32_scratch=True)
+    for bad in ("6x14:fp32", "default", "6x14:s"):
+        with pytest.raises(ValueError, match="not a kernel config"):
+            KernelConfig.parse(bad)
 
 
 def test_fused_kernels_run_inside_a_compiled_model(interpreted):
@@ -378,13 +402,16 @@ def test_fused_stage_on_cuda(stage, precision):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fused_kernel_options_on_cuda():
-    """Other tiles, a register limit and a float32 scratch tile compute the same GDFN (no atomic
-    sums there: the same values to the bit with either scratch)."""
+    """Other tiles and a register limit compute the GDFN as closely as the default tiles, and a
+    float32 scratch tile with tap-major taps gives the same values to the bit (no atomic sums in
+    the GDFN)."""
     from upfusion.model.fused_kernels import KernelConfig
 
     config = KernelConfig((8, 8), 8, max_registers=168)
     narrow = stage_errors("gdfn", 96, 2, (37, 61), "bf16", "cuda", config)
-    wide = stage_errors("gdfn", 96, 2, (37, 61), "bf16", "cuda", dataclasses.replace(config, float32_scratch=True))
+    wide = stage_errors(
+        "gdfn", 96, 2, (37, 61), "bf16", "cuda", dataclasses.replace(config, float32_scratch=True, tap_major=True)
+    )
     assert torch.equal(narrow["fused"], wide["fused"])
     assert narrow["fused_mean"] < 1.5 * narrow["fast_mean"], narrow
 
@@ -411,18 +438,16 @@ def test_fused_kernels_leave_fp32_on_cuda_to_the_inference_kernels():
 
 
 def run_check(check: str) -> dict:
-    """``mdta|gdfn|block|tcpm C HEADS HxW PRECISION [TILE[:f32] [PROGRAMS]]``, ``network``, ``weights`` or
-    ``compiled``, on the CPU (PROGRAMS: how many programs a launch starts)."""
+    """``mdta|gdfn|block|tcpm C HEADS HxW PRECISION [CONFIG [PROGRAMS]]``, ``network``, ``weights`` or
+    ``compiled``, on the CPU (CONFIG: ``KernelConfig.parse``'s notation; PROGRAMS: how many programs a
+    launch starts)."""
     from upfusion.model import fused_kernels
 
     what, *rest = check.split()
     if what in STAGES:
         c, heads, size, precision = rest[:4]
         height, width = map(int, size.split("x"))
-        config = None
-        if len(rest) > 4:  # ROWSxCOLS, or ROWSxCOLS:f32 for a float32 scratch tile
-            tile, _, scratch = rest[4].partition(":")
-            config = fused_kernels.KernelConfig(tuple(map(int, tile.split("x"))), float32_scratch=scratch == "f32")
+        config = fused_kernels.KernelConfig.parse(rest[4]) if len(rest) > 4 else None
         programs = int(rest[5]) if len(rest) > 5 else fused_kernels.INTERPRETER_PROGRAMS
         with mock.patch.object(fused_kernels, "INTERPRETER_PROGRAMS", programs):
             errors = stage_errors(what, int(c), int(heads), (height, width), precision, "cpu", config)

@@ -154,6 +154,34 @@ class KernelConfig:
     float32_scratch: bool = False
     # the hidden channels the GDFN kernel takes per step; None: ``hidden_slice(channels)``
     hidden_slice: int | None = None
+    # the depth-wise taps as [9, channels], so that a tap's columns are one vector load, rather
+    # than [channels, 9], a scalar load per column (8% of the GDFN kernel's instructions on the
+    # H100); compiled for an H100 by Triton 3.6, the vector loads spill 20-100 bytes a thread in
+    # the GDFN kernel at the timed tiles (none channel-major): untimed
+    tap_major: bool = False
+
+    @classmethod
+    def parse(cls, text: str, default: KernelConfig | None = None) -> KernelConfig:
+        """``ROWSxCOLS[:WARPS][:REGISTERS][:f32][:sSLICE][:tap]`` (the benchmarks' notation):
+        ``f32`` a float32 scratch, ``s64`` 64 hidden channels a step, ``tap`` tap-major taps;
+        ``default`` for ROWSxCOLS takes ``default``'s tile, and its warps if none are given."""
+        if text == "default" and default is not None:
+            return default
+        tile, *options = text.split(":")
+        numbers = [int(option) for option in options if option.isdigit()]
+        slices = [int(option[1:]) for option in options if option[:1] == "s" and option[1:].isdigit()]
+        unknown = set(options) - {str(n) for n in numbers} - {f"s{n}" for n in slices} - {"f32", "tap"}
+        if unknown or (tile == "default" and default is None):
+            raise ValueError(f"not a kernel config: {text!r}")
+        rows, cols = default.tile if tile == "default" else map(int, tile.split("x"))
+        return cls(
+            (rows, cols),
+            numbers[0] if numbers else (default.num_warps if default else 8),
+            numbers[1] if len(numbers) > 1 else None,
+            float32_scratch="f32" in options,
+            hidden_slice=slices[0] if slices else None,
+            tap_major="tap" in options,
+        )
 
 
 def hidden_slice(channels: int) -> int:
@@ -233,7 +261,8 @@ def kernel_constants(channels: int, config: KernelConfig, compute: torch.dtype) 
         HALO_P=_next_power_of_2((tile_h + 2) * (tile_w + 2)), OUT_P=_next_power_of_2(tile_h * tile_w),
         DOT_DTYPE=_triton_dtype(compute),
         PRECISION="ieee" if compute == torch.float32 else "tf32", EMULATED=interpreting(),
-        num_warps=config.num_warps, **({"maxnreg": config.max_registers} if config.max_registers else {}),
+        TAP_MAJOR=config.tap_major, num_warps=config.num_warps,
+        **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )  # fmt: skip
 
 
@@ -274,11 +303,11 @@ def _rows(w: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([w, w.new_zeros(rows - w.shape[0], w.shape[1])]) if rows > w.shape[0] else w.contiguous()
 
 
-def _taps(dw: torch.Tensor, columns: int) -> torch.Tensor:
-    """Depth-wise 3x3 taps [k, 1, 3, 3] as float32 [9, columns], tap-major (zero-padded columns):
-    the kernels load a tap's columns as one vector (channel-major, each thread's columns were 9
-    values apart: one scalar load each, 8% of the GDFN kernel's instructions on the H100)."""
-    return _rows(dw, columns, torch.float32).t().contiguous()
+def _taps(dw: torch.Tensor, columns: int, tap_major: bool) -> torch.Tensor:
+    """Depth-wise 3x3 taps [k, 1, 3, 3] as float32 [columns, 9] (zero-padded columns), or [9,
+    columns] ``tap_major`` (``KernelConfig.tap_major``)."""
+    taps = _rows(dw, columns, torch.float32)
+    return taps.t().contiguous() if tap_major else taps
 
 
 # The kernels' weight layouts, made once per module: each costs a dozen small operations, and
@@ -300,16 +329,18 @@ def _prepared_weights(
     return cached[1]
 
 
-def _gdfn_weights(norm: nn.Module, ffn: nn.Module, padded: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """LayerNorm weight and bias and both halves of the depth-wise taps as [9, padded] (tap-major;
-    float32: with taps in bf16, TCPM's top-k picked unlike the inference kernels' in the bf16 test); in
+def _gdfn_weights(
+    norm: nn.Module, ffn: nn.Module, padded: int, dtype: torch.dtype, tap_major: bool
+) -> tuple[torch.Tensor, ...]:
+    """LayerNorm weight and bias and both halves of the depth-wise taps as [padded, 9] or [9,
+    padded] (``_taps``; float32: with taps in bf16, TCPM's top-k picked unlike the inference kernels' in the bf16 test); in
     ``dtype``: both halves of ``project_in`` as [C, padded] and ``project_out`` as [padded, C]."""
     hidden = ffn.project_out.in_channels
     w_in, dw = ffn.project_in.weight, ffn.dwconv.weight  # [2 hidden, C, 1, 1], [2 hidden, 1, 3, 3]
     return (
         norm.body.weight.float(), norm.body.bias.float(),
         _rows(w_in[:hidden], padded, dtype).t().contiguous(), _rows(w_in[hidden:], padded, dtype).t().contiguous(),
-        _taps(dw[:hidden], padded), _taps(dw[hidden:], padded),
+        _taps(dw[:hidden], padded, tap_major), _taps(dw[hidden:], padded, tap_major),
         _rows(ffn.project_out.weight.flatten(1).t(), padded, dtype),
     )  # fmt: skip
 
@@ -337,8 +368,9 @@ def gdfn_residual(
     launch = _Launch(x, config, step)
     x = x.contiguous(memory_format=torch.channels_last)
     padded = -(-ffn.project_out.in_channels // step) * step
+    layout = (launch.compute, padded, config.tap_major)
     weights = _prepared_weights(
-        ffn, (norm, ffn), (launch.compute, padded), lambda: _gdfn_weights(norm, ffn, padded, launch.compute)
+        ffn, (norm, ffn), layout, lambda: _gdfn_weights(norm, ffn, padded, launch.compute, config.tap_major)
     )
     if attention is None:
         values = matrix_t = x  # (not read)
@@ -356,9 +388,9 @@ def gdfn_residual(
 
 
 def _attention_weights(
-    norm_q: nn.Module, norm_kv: nn.Module, w_q, dw_q, w_kv, dw_kv, dtype: torch.dtype
+    norm_q: nn.Module, norm_kv: nn.Module, w_q, dw_q, w_kv, dw_kv, dtype: torch.dtype, tap_major: bool
 ) -> tuple[torch.Tensor, ...]:
-    """The two LayerNorms' weights and biases and q, k and v's depth-wise taps as [9, C] (float32,
+    """The two LayerNorms' weights and biases and q, k and v's depth-wise taps as [C, 9] or [9, C] (float32,
     see ``_gdfn_weights``); q, k and v's 1x1 weights as [C, C] (input-major) in ``dtype``
     (``w_kv``, ``dw_kv``: k's channels, then v's)."""
     c = w_q.shape[0]
@@ -366,7 +398,7 @@ def _attention_weights(
         norm_q.body.weight.float(), norm_q.body.bias.float(), norm_kv.body.weight.float(), norm_kv.body.bias.float(),
         _rows(w_q, c, dtype).t().contiguous(), _rows(w_kv[:c], c, dtype).t().contiguous(),
         _rows(w_kv[c:], c, dtype).t().contiguous(),
-        _taps(dw_q, c), _taps(dw_kv[:c], c), _taps(dw_kv[c:], c),
+        _taps(dw_q, c, tap_major), _taps(dw_kv[:c], c, tap_major), _taps(dw_kv[c:], c, tap_major),
     )  # fmt: skip
 
 
@@ -389,8 +421,10 @@ def _attention_statistics(
     n, c, height, width = xq.shape
     head_width = c // heads
     head_p = _next_power_of_2(head_width)
-    launch = _Launch(xq, config or _config or default_config(c, "attention"), head_p)
-    weights = _prepared_weights(owner, modules, (launch.compute,), lambda: make_weights(launch.compute))
+    config = config or _config or default_config(c, "attention")
+    launch = _Launch(xq, config, head_p)
+    layout = (launch.compute, config.tap_major)
+    weights = _prepared_weights(owner, modules, layout, lambda: make_weights(launch.compute, config.tap_major))
     xq = xq.contiguous(memory_format=torch.channels_last)
     same = xkv is None
     xkv = xq if same else xkv.contiguous(memory_format=torch.channels_last)
@@ -419,8 +453,8 @@ def mdta_statistics(
     c = x.shape[1]
     w, dw = attn.qkv.weight, attn.qkv_dwconv.weight  # q's channels, then k's, then v's
 
-    def make_weights(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        return _attention_weights(norm, norm, w[:c], dw[:c], w[c:], dw[c:], dtype)
+    def make_weights(dtype: torch.dtype, tap_major: bool) -> tuple[torch.Tensor, ...]:
+        return _attention_weights(norm, norm, w[:c], dw[:c], w[c:], dw[c:], dtype, tap_major)
 
     return _attention_statistics(attn, (norm, attn), make_weights, x, None, attn.heads, gram, q_sq, k_sq, config)
 
@@ -439,10 +473,11 @@ def cross_attention_statistics(
     ``norm2(key_value)``."""
     attn = tcpm.select_attn
 
-    def make_weights(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    def make_weights(dtype: torch.dtype, tap_major: bool) -> tuple[torch.Tensor, ...]:
         return _attention_weights(
-            tcpm.norm1, tcpm.norm2, attn.q.weight, attn.q_dwconv.weight, attn.kv.weight, attn.kv_dwconv.weight, dtype
-        )
+            tcpm.norm1, tcpm.norm2, attn.q.weight, attn.q_dwconv.weight, attn.kv.weight, attn.kv_dwconv.weight,
+            dtype, tap_major,
+        )  # fmt: skip
 
     modules = (tcpm.norm1, tcpm.norm2, attn)
     return _attention_statistics(attn, modules, make_weights, query, key_value, attn.heads, gram, q_sq, k_sq, config)

@@ -128,11 +128,11 @@ def project_to_scratch(
 def depthwise_from_scratch(
     scratch, dw_ptr, dw_stride, cols, cols_ok,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, OUT_P: tl.constexpr, COLS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, EMULATED: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, EMULATED: tl.constexpr, TAP_MAJOR: tl.constexpr,
 ):  # fmt: skip
-    """The depth-wise 3x3 conv (``dw``: [9, dw_stride], tap-major, so that a tap's columns are
-    one vector load) at the output tile's pixels, from the halo tile in ``scratch``; rounded as
-    the unfused convolution's output. [OUT_P, COLS]."""
+    """The depth-wise 3x3 conv (``dw``: [channels, 9], or [9, dw_stride] ``TAP_MAJOR``) at the
+    output tile's pixels, from the halo tile in ``scratch``; rounded as the unfused convolution's
+    output. [OUT_P, COLS]."""
     halo_w: tl.constexpr = TILE_W + 2
     op = tl.arange(0, OUT_P)
     within = op < TILE_H * TILE_W
@@ -141,7 +141,11 @@ def depthwise_from_scratch(
     for tap in range(9):  # not unrolled: unrolled, the nine loads are all issued at once and spill
         src = tl.where(within, (row + tap // 3) * halo_w + (col + tap % 3), 0)
         y = tl.load(scratch + src[:, None] * COLS + tl.arange(0, COLS)[None, :]).to(tl.float32)
-        out += y * tl.load(dw_ptr + tap * dw_stride + cols, mask=cols_ok, other=0.0)[None, :]
+        if TAP_MAJOR:
+            weight = tl.load(dw_ptr + tap * dw_stride + cols, mask=cols_ok, other=0.0)
+        else:
+            weight = tl.load(dw_ptr + cols * 9 + tap, mask=cols_ok, other=0.0)
+        out += y * weight[None, :]
     return rounded(out, DOT_DTYPE, EMULATED)
 
 
@@ -150,7 +154,7 @@ def pointwise_depthwise(
     normed, inside, w_ptr, row_stride, dw_ptr, col0, valid, channels, scratch,
     BLOCK_C: tl.constexpr, HALO_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     OUT_P: tl.constexpr, COLS: tl.constexpr, CHUNK: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, EMULATED: tl.constexpr,
+    PRECISION: tl.constexpr, EMULATED: tl.constexpr, TAP_MAJOR: tl.constexpr,
 ):  # fmt: skip
     """``dwconv3x3(conv1x1(normed))`` onto the columns ``col0 + j`` (``j < valid``) at the output
     tile's pixels, through ``scratch``; [OUT_P, COLS]. (``w``: [channels, row_stride]; ``dw``:
@@ -163,7 +167,7 @@ def pointwise_depthwise(
     cols_ok = tl.arange(0, COLS) < valid
     tl.debug_barrier()  # the whole halo tile is written before any thread reads a neighbour
     out = depthwise_from_scratch(
-        scratch, dw_ptr, row_stride, cols, cols_ok, TILE_H, TILE_W, OUT_P, COLS, DOT_DTYPE, EMULATED
+        scratch, dw_ptr, row_stride, cols, cols_ok, TILE_H, TILE_W, OUT_P, COLS, DOT_DTYPE, EMULATED, TAP_MAJOR
     )
     tl.debug_barrier()  # every read is done before the scratch is written again
     return out
@@ -191,7 +195,7 @@ def gdfn_residual_kernel(
     height, width, channels, hidden_padded, tile_columns, tile_rows, tiles,
     BLOCK_C: tl.constexpr, SLICE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    EMULATED: tl.constexpr, WITH_ATTENTION: tl.constexpr, OUT_DTYPE: tl.constexpr,
+    EMULATED: tl.constexpr, TAP_MAJOR: tl.constexpr, WITH_ATTENTION: tl.constexpr, OUT_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """``x + GDFN(LayerNorm(x))`` (channels-last maps; weights prepared by
     ``fused_kernels.gdfn_residual``). ``WITH_ATTENTION``: of ``x + v @ M^T`` instead, the block's
@@ -212,11 +216,11 @@ def gdfn_residual_kernel(
             hid = start + tl.arange(0, SLICE)
             d1 = pointwise_depthwise(
                 normed, inside, w1_ptr, hidden_padded, dw1_ptr, start, SLICE, channels, scratch,
-                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, SLICE, DOT_DTYPE, PRECISION, EMULATED,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, SLICE, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
             )  # fmt: skip
             d2 = pointwise_depthwise(
                 normed, inside, w2_ptr, hidden_padded, dw2_ptr, start, SLICE, channels, scratch,
-                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, SLICE, DOT_DTYPE, PRECISION, EMULATED,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, SLICE, SLICE, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
             )  # fmt: skip
 
             gated = 0.5 * d1 * (1.0 + tl.math.erf(d1 * 0.7071067811865476)) * d2  # exact GELU, as F.gelu
@@ -243,7 +247,7 @@ def attention_statistics_kernel(
     height, width, channels, heads, head_width, tile_columns, tile_rows, tiles,
     BLOCK_C: tl.constexpr, HEAD_P: tl.constexpr, CHUNK: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    EMULATED: tl.constexpr, SAME_INPUT: tl.constexpr,
+    EMULATED: tl.constexpr, TAP_MAJOR: tl.constexpr, SAME_INPUT: tl.constexpr,
 ):  # fmt: skip
     """A channel attention's pass over the map, head by head: q = dwconv(conv1x1(LNq(xq)))
     and k, v = dwconv(conv1x1(LNkv(xkv))) (MDTA: one map and one LayerNorm, ``SAME_INPUT``; TCPM's
@@ -275,18 +279,18 @@ def attention_statistics_kernel(
             # v is written first, so that it is not held with q and k.
             v = pointwise_depthwise(
                 normed_kv, inside, wv_ptr, channels, dwv_ptr, col0, head_width, channels, scratch,
-                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
             )  # fmt: skip
             out = values_ptr + pixel[:, None] * channels + cols[None, :]
             tl.store(out, v.to(values_ptr.dtype.element_ty), mask=inside_out[:, None] & j_ok[None, :])
             q = pointwise_depthwise(
                 normed_q, inside, wq_ptr, channels, dwq_ptr, col0, head_width, channels, scratch,
-                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
             )  # fmt: skip
             q = tl.where(inside_out[:, None], q, 0.0)
             k = pointwise_depthwise(
                 normed_kv, inside, wk_ptr, channels, dwk_ptr, col0, head_width, channels, scratch,
-                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
             )  # fmt: skip
             k = tl.where(inside_out[:, None], k, 0.0)
 
