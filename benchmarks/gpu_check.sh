@@ -153,12 +153,13 @@ if section fused-ncu; then
         "$PY" benchmarks/bench_fused_stages.py --channels 96 --runs 1 --warmup 1 --tiles --programs-per-sm
     run "$NCU" --import "$OUT/fused96.ncu-rep" --print-summary none
     "$NCU" --import "$OUT/fused96.ncu-rep" --page source --print-source sass --csv > "$OUT/fused96_sass.csv" 2>&1
-    log "SASS table: $(wc -l < "$OUT/fused96_sass.csv") lines"
+    log "SASS table: $(wc -l < "$OUT/fused96_sass.csv") lines; its summary"
+    run "$PY" benchmarks/ncu_sass_summary.py "$OUT/fused96_sass.csv"
 fi
 
 if section fused-tiles; then
     # after Nsight Compute (2026-11-28: the kernels wait on loads at 8 warps a multiprocessor, a
-    # fifth of the GDFN's instructions bf16 -> float32 conversions of the scratch tile, 8% scalar
+    # quarter of the GDFN's instructions bf16 -> float32 conversions of the scratch tile, 8% scalar
     # loads of the depth-wise taps): float32 scratch, tap-major taps, tiles whose output fills its
     # power-of-two pixels, register limits (more programs a multiprocessor), 64 hidden channels a
     # step; then the paper preset with the default tiles and with the fastest timed; then the

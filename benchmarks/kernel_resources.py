@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100)")
     parser.add_argument(
-        "--tiles", nargs="+", default=["default"], help="ROWSxCOLS:WARPS[:REGISTERS] configs to compare"
+        "--tiles", nargs="+", default=["default"], help="configs to compare, in KernelConfig.parse's notation"
     )
     parser.add_argument("--channels", nargs="+", type=int, help="only the kernels of these widths")
     args = parser.parse_args()
@@ -165,8 +165,7 @@ def main() -> None:
                     text, fused_kernels.default_config(channels, VARIANTS[variant][0])
                 )
                 found = compile_variant(variant, channels, heads, config, DTYPES[args.precision], args.arch)
-                tile = "x".join(map(str, config.tile)) + " (default)" if text == "default" else text.split(":")[0]
-                tile += "".join(f", {option}" for option in ("f32", "tap") if option in text.split(":"))
+                tile = "x".join(map(str, config.tile)) + " (default)" if text == "default" else text
                 print(
                     f"| {preset} | {variant} | {channels} | {heads} | {tile} | {config.num_warps} | "
                     f"{found.registers} | {found.spill_stores} | {found.shared / 1024:.0f} |",

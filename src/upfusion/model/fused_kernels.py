@@ -149,7 +149,7 @@ class KernelConfig:
     # room for one program of 8 warps per multiprocessor. Fewer registers, more programs, spills.
     max_registers: int | None = None
     # the depth-wise convolution's scratch tile in float32 rather than the compute dtype: twice
-    # the bytes, no conversion on each of the nine reads (a fifth of the GDFN kernel's
+    # the bytes, no conversion on each of the nine reads (about a quarter of the GDFN kernel's
     # instructions on the H100 were bf16 -> float32 conversions)
     float32_scratch: bool = False
     # the hidden channels the GDFN kernel takes per step; None: ``hidden_slice(channels)``
