@@ -168,8 +168,8 @@ if section fused-tiles; then
     run timeout 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
     log "fused kernels: config options at 48 and 96 channels; the paper preset with the fastest"
     run timeout 300 "$PY" benchmarks/bench_fused_stages.py --channels 48 96 --runs 10 --warmup 2 --programs-per-sm \
-        --tiles 6x14:8:f32 6x14:8:tap 6x14:4:f32 8x8:8 8x8:8:f32 4x16:8:f32 4x16:8:f32:s64 8x8:4:168:f32 \
-        8x8:8:128:f32 --network
+        --tiles 6x14:8:f32 6x14:4:f32 6x14:8:tap 8x8:8 8x8:8:f32 4x16:8:f32 4x16:8:f32:s64 8x8:8:128:f32 \
+        4x16:8:128:f32 --network
     log "wide blocks: inference kernels, plain arithmetic, fused"
     run timeout 60 "$PY" benchmarks/bench_fused_stages.py --channels 192 384 --stages block --plain --tiles \
         --programs-per-sm
