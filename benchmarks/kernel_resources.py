@@ -106,8 +106,7 @@ def compile_variant(
         ints = {"height", "width", "channels", "hidden_padded", *TILING}
     else:
         kernel = triton_kernels.attention_statistics_kernel
-        head_p = fused_kernels._next_power_of_2(channels // heads)
-        constants.update(HEAD_P=head_p, CHUNK=min(head_p, fused_kernels.PROJECTION_CHUNK), SAME_INPUT=flag)
+        constants.update(fused_kernels.attention_constants(channels // heads, config), SAME_INPUT=flag)
         ints = {"height", "width", "channels", "heads", "head_width", *TILING}
     signature = {}
     for name in kernel.arg_names:

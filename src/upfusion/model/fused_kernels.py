@@ -159,18 +159,34 @@ class KernelConfig:
     # H100); compiled for an H100 by Triton 3.6, the vector loads spill 20-100 bytes a thread in
     # the GDFN kernel at the timed tiles (none channel-major): untimed
     tap_major: bool = False
+    # a head of d channels, d not a power of two, as two parts that are (48 = 32 + 16, 96 = 64 +
+    # 32) rather than padded to the next (64, 128): a third fewer projections and depth-wise
+    # products in the attention kernel (the paper preset's heads are 48 and 96 wide), four Gram
+    # products instead of one (``head_parts``)
+    split_heads: bool = False
+
+    def notation(self) -> str:
+        """This config in ``parse``'s notation."""
+        options = [f"{self.tile[0]}x{self.tile[1]}", str(self.num_warps)]
+        options += [str(self.max_registers)] if self.max_registers else []
+        options += ["f32"] if self.float32_scratch else []
+        options += [f"s{self.hidden_slice}"] if self.hidden_slice else []
+        options += ["tap"] if self.tap_major else []
+        options += ["split"] if self.split_heads else []
+        return ":".join(options)
 
     @classmethod
     def parse(cls, text: str, default: KernelConfig | None = None) -> KernelConfig:
-        """``ROWSxCOLS[:WARPS][:REGISTERS][:f32][:sSLICE][:tap]`` (the benchmarks' notation):
-        ``f32`` a float32 scratch, ``s64`` 64 hidden channels a step, ``tap`` tap-major taps;
-        ``default`` for ROWSxCOLS takes ``default``'s tile, and its warps if none are given."""
+        """``ROWSxCOLS[:WARPS][:REGISTERS][:f32][:sSLICE][:tap][:split]`` (the benchmarks'
+        notation): ``f32`` a float32 scratch, ``s64`` 64 hidden channels a step, ``tap`` tap-major
+        taps, ``split`` split heads; ``default`` for ROWSxCOLS takes ``default``'s tile, and its
+        warps if none are given."""
         if text == "default" and default is not None:
             return default
         tile, *options = text.split(":")
         numbers = [int(option) for option in options if option.isdigit()]
         slices = [int(option[1:]) for option in options if option[:1] == "s" and option[1:].isdigit()]
-        unknown = set(options) - {str(n) for n in numbers} - {f"s{n}" for n in slices} - {"f32", "tap"}
+        unknown = set(options) - {str(n) for n in numbers} - {f"s{n}" for n in slices} - {"f32", "tap", "split"}
         if unknown or (tile == "default" and default is None):
             raise ValueError(f"not a kernel config: {text!r}")
         rows, cols = default.tile if tile == "default" else map(int, tile.split("x"))
@@ -181,6 +197,7 @@ class KernelConfig:
             float32_scratch="f32" in options,
             hidden_slice=slices[0] if slices else None,
             tap_major="tap" in options,
+            split_heads="split" in options,
         )
 
 
@@ -226,8 +243,8 @@ class _Launch:
 
     One launch of a few programs per multiprocessor, each taking every ``programs``-th tile (a
     persistent grid), rather than one program per tile: each program's scratch (its tile's
-    depth-wise inputs, in the compute dtype or float32: ``KernelConfig``) is reused tile after tile, so all of it, a few MB,
-    stays in the GPU's L2 cache. With a scratch tile per output tile (as before 2026-11-27), the
+    depth-wise inputs, in the compute dtype or float32: ``KernelConfig``) is reused tile after
+    tile, so all of it, a few MB, stays in the GPU's L2 cache. With a scratch tile per output tile (as before 2026-11-27), the
     paper preset's kernels wrote 7 MB to 1.9 GB of float32 scratch per call on a 640x480 batch of
     8, up to 4 times the map itself (MDTA at 96 channels, full resolution: 1.9 GB against 0.47
     GB), more than the cache holds, so it went back to memory as well.
@@ -263,6 +280,26 @@ def kernel_constants(channels: int, config: KernelConfig, compute: torch.dtype) 
         PRECISION="ieee" if compute == torch.float32 else "tf32", EMULATED=interpreting(),
         TAP_MAJOR=config.tap_major, num_warps=config.num_warps,
         **({"maxnreg": config.max_registers} if config.max_registers else {}),
+    )  # fmt: skip
+
+
+def head_parts(head_width: int, split: bool = False) -> tuple[int, int]:
+    """The attention kernel's two parts of a head of ``head_width`` channels (its HEAD_A and
+    HEAD_B): the width padded to a power of two and nothing; or, ``split``, two powers of two of
+    at least 16 that make it up exactly, where there are such (48: 32 and 16; 96: 64 and 32)."""
+    padded = _next_power_of_2(head_width)
+    first, rest = padded // 2, head_width - padded // 2
+    if split and padded != head_width and rest >= 16 and rest & (rest - 1) == 0:
+        return first, rest
+    return padded, 0
+
+
+def attention_constants(head_width: int, config: KernelConfig) -> dict:
+    """The attention kernel's own compile-time constants for heads of ``head_width`` channels."""
+    head_a, head_b = head_parts(head_width, config.split_heads)
+    return dict(
+        HEAD_A=head_a, HEAD_B=head_b,
+        CHUNK_A=min(head_a, PROJECTION_CHUNK), CHUNK_B=min(head_b, PROJECTION_CHUNK),
     )  # fmt: skip
 
 
@@ -333,8 +370,9 @@ def _gdfn_weights(
     norm: nn.Module, ffn: nn.Module, padded: int, dtype: torch.dtype, tap_major: bool
 ) -> tuple[torch.Tensor, ...]:
     """LayerNorm weight and bias and both halves of the depth-wise taps as [padded, 9] or [9,
-    padded] (``_taps``; float32: with taps in bf16, TCPM's top-k picked unlike the inference kernels' in the bf16 test); in
-    ``dtype``: both halves of ``project_in`` as [C, padded] and ``project_out`` as [padded, C]."""
+    padded] (``_taps``; float32: with taps in bf16, TCPM's top-k picked unlike the inference
+    kernels' in the bf16 test); in ``dtype``: both halves of ``project_in`` as [C, padded] and
+    ``project_out`` as [padded, C]."""
     hidden = ffn.project_out.in_channels
     w_in, dw = ffn.project_in.weight, ffn.dwconv.weight  # [2 hidden, C, 1, 1], [2 hidden, 1, 3, 3]
     return (
@@ -390,9 +428,9 @@ def gdfn_residual(
 def _attention_weights(
     norm_q: nn.Module, norm_kv: nn.Module, w_q, dw_q, w_kv, dw_kv, dtype: torch.dtype, tap_major: bool
 ) -> tuple[torch.Tensor, ...]:
-    """The two LayerNorms' weights and biases and q, k and v's depth-wise taps as [C, 9] or [9, C] (float32,
-    see ``_gdfn_weights``); q, k and v's 1x1 weights as [C, C] (input-major) in ``dtype``
-    (``w_kv``, ``dw_kv``: k's channels, then v's)."""
+    """The two LayerNorms' weights and biases and q, k and v's depth-wise taps as [C, 9] or [9,
+    C] (float32, see ``_gdfn_weights``); q, k and v's 1x1 weights as [C, C] (input-major) in
+    ``dtype`` (``w_kv``, ``dw_kv``: k's channels, then v's)."""
     c = w_q.shape[0]
     return (
         norm_q.body.weight.float(), norm_q.body.bias.float(), norm_kv.body.weight.float(), norm_kv.body.bias.float(),
@@ -420,9 +458,9 @@ def _attention_statistics(
 
     n, c, height, width = xq.shape
     head_width = c // heads
-    head_p = _next_power_of_2(head_width)
     config = config or _config or default_config(c, "attention")
-    launch = _Launch(xq, config, head_p)
+    constants = attention_constants(head_width, config)
+    launch = _Launch(xq, config, constants["HEAD_A"])
     layout = (launch.compute, config.tap_major)
     weights = _prepared_weights(owner, modules, layout, lambda: make_weights(launch.compute, config.tap_major))
     xq = xq.contiguous(memory_format=torch.channels_last)
@@ -431,7 +469,7 @@ def _attention_statistics(
     values = torch.empty(n, height * width, c, dtype=launch.compute, device=xq.device)
     launched = _launched(
         attention_statistics_kernel, launch, xq, xkv, values, gram, q_sq, k_sq, launch.scratch, *weights,
-        height, width, c, heads, head_width, HEAD_P=head_p, CHUNK=min(head_p, PROJECTION_CHUNK), SAME_INPUT=same,
+        height, width, c, heads, head_width, SAME_INPUT=same, **constants,
     )  # fmt: skip
     return values if launched else None
 
