@@ -13,9 +13,9 @@ kernel also applies the attention): the inference kernels (``fast_ops``, eager;
 (``fused_kernels``) with each kernel's default tiles (at 48 and 96 channels the fastest this
 script timed on an H100; at every width, also those wider than ``fused_kernels.GPU_WIDEST``,
 which run the inference kernels by default), then with each output tile and warp count of
-``--tiles`` (``ROWSxCOLS:WARPS[:REGISTERS][:f32][:sSLICE][:tap]``: a register limit per
-thread, a float32 scratch tile, the GDFN's hidden channels per step, tap-major depth-wise taps;
-see ``fused_kernels.KernelConfig.parse``) for both kernels: the defaults include tiles
+``--tiles`` (``ROWSxCOLS:WARPS[:REGISTERS][:f32][:sSLICE][:tap][:split]``: a register limit
+per thread, a float32 scratch tile, the GDFN's hidden channels per step, tap-major depth-wise
+taps, split heads; see ``fused_kernels.KernelConfig``) for both kernels: the defaults include tiles
 that spill, to see what spilling costs; and with the default tiles and each count of ``--programs-per-sm``
 (the persistent grid's programs a launch starts per multiprocessor, 2 by default: with many,
 each program takes few tiles and the programs' scratch outgrows the L2 cache, as when each tile
@@ -44,6 +44,8 @@ from upfusion.model.blocks import TransformerBlock
 
 # (channels, heads, size divisor): the paper preset's block shapes
 SHAPES = [(48, 1, 1), (96, 2, 2), (96, 1, 1), (192, 4, 4), (384, 8, 8)]
+# the kernels each stage runs
+STAGE_KERNELS = {"MDTA": ("attention",), "GDFN": ("gdfn",), "block": ("attention", "gdfn")}
 
 
 def network_with_tables(args: argparse.Namespace, tables: dict[str, tuple] | None) -> str:
@@ -120,7 +122,7 @@ def main() -> None:
     # the fused variants at every width (by default wider maps run the inference kernels on a GPU)
     gpu_widest, fused_kernels.GPU_WIDEST = fused_kernels.GPU_WIDEST, fused_kernels.MAX_CHANNELS
     # (kernel, stage, channels) -> variant -> (ms summed over the width's shapes, shapes, config)
-    timed: dict[tuple[str, int], dict[str, tuple[float, int, fused_kernels.KernelConfig]]] = {}
+    timed: dict[tuple[str, str, int], dict[str, tuple[float, int, fused_kernels.KernelConfig]]] = {}
     for c, heads, divisor in SHAPES:
         if args.channels and c not in args.channels:
             continue
@@ -172,9 +174,7 @@ def main() -> None:
                     else:
                         result = f"{ms:.3f} | {traffic / ms / 1e6:,.0f}"
                         if fused and programs == default_programs and c <= gpu_widest:
-                            for kind in {"MDTA": ["attention"], "GDFN": ["gdfn"], "block": ["attention", "gdfn"]}[
-                                stage
-                            ]:
+                            for kind in STAGE_KERNELS[stage]:
                                 chosen = config or fused_kernels.default_config(c, kind)
                                 entries = timed.setdefault((kind, stage, c), {})
                                 earlier, shapes, _ = entries.get(name, (0.0, 0, chosen))
