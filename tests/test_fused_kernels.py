@@ -12,10 +12,14 @@ import json
 import os
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 from unittest import mock
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from upfusion.model.fused_kernels import KernelConfig
 
 pytest.importorskip("triton")
 
@@ -36,8 +40,14 @@ def trained_like_block(c: int, heads: int, device: str):
 
 
 def stage_errors(
-    stage: str, c: int, heads: int, size: tuple[int, int], precision: str, device: str, config=None
-) -> dict[str, float]:
+    stage: str,
+    c: int,
+    heads: int,
+    size: tuple[int, int],
+    precision: str,
+    device: str,
+    config: KernelConfig | None = None,
+) -> dict[str, float | torch.Tensor]:
     """Max and mean difference from the fp32 plain arithmetic of a block's ``stage`` (``mdta``:
     x + MDTA(LN(x)); ``gdfn``: x + GDFN(LN(x)); ``block``: the whole block, where the GDFN's
     kernel also applies the attention; ``tcpm``: TCPM's top-k cross-attention of x and another
