@@ -158,7 +158,7 @@ def pointwise_depthwise(
 ):  # fmt: skip
     """``dwconv3x3(conv1x1(normed))`` onto the columns ``col0 + j`` (``j < valid``) at the output
     tile's pixels, through ``scratch``; [OUT_P, COLS]. (``w``: [channels, row_stride]; ``dw``:
-    [9, row_stride].)"""
+    [row_stride, 9], or [9, row_stride] ``TAP_MAJOR``.)"""
     project_to_scratch(
         normed, inside, w_ptr, row_stride, col0, valid, channels, scratch,
         BLOCK_C, HALO_P, COLS, CHUNK, DOT_DTYPE, PRECISION, EMULATED,
