@@ -13,9 +13,9 @@
 #
 # SECTIONS picks parts (a lease is 15 minutes): any of "tests precision bench compile cudagraphs
 # large profile profile-compiled compile-fast fused fused-compiled fused-ncu fused-tiles compile-model
-# train"; by default all but the last eight. The training section runs `upfusion train --config $TRAIN_CONFIG` for at most
-# $TRAIN_SECONDS (it saves its state when stopped) and copies the weights it ended with and its
-# log to $OUT/train.
+# train"; by default all but the last eight. The training section runs `upfusion train --config
+# $TRAIN_CONFIG` for at most $TRAIN_SECONDS (it saves its state when stopped) and copies the
+# weights it ended with and its log to $OUT/train.
 set -u
 PY=${PYTHON:-python3}
 OUT=${OUT:-gpu_out}

@@ -22,8 +22,9 @@ re-associated, and agree with the plain path to float32 rounding (~1e-6):
   1x1 conv for q;
 - under ``torch.compile`` the depth-wise 3x3 convs are nine shifted products, which the
   compiler fuses with their neighbours (``blocks.DepthwiseConv3x3`` does the same).
-- on a GPU in bf16 or fp16 (by default on Hopper GPUs): ``fused_kernels`` runs MDTA's and TCPM's attention passes, and the product
-  that applies MDTA's attention together with the GDFN, as single Triton kernels.
+- on a GPU in bf16 or fp16 (by default on Hopper GPUs): ``fused_kernels`` runs MDTA's and TCPM's
+  attention passes, and the product that applies MDTA's attention together with the GDFN, as
+  single Triton kernels.
 
 The SCPM and TCPM channel selections are made by the modules themselves, from inputs computed
 by the same code in both paths (spec section 6 explains why that matters).

@@ -244,10 +244,11 @@ class _Launch:
     One launch of a few programs per multiprocessor, each taking every ``programs``-th tile (a
     persistent grid), rather than one program per tile: each program's scratch (its tile's
     depth-wise inputs, in the compute dtype or float32: ``KernelConfig``) is reused tile after
-    tile, so all of it, a few MB, stays in the GPU's L2 cache. With a scratch tile per output tile (as before 2026-11-27), the
-    paper preset's kernels wrote 7 MB to 1.9 GB of float32 scratch per call on a 640x480 batch of
-    8, up to 4 times the map itself (MDTA at 96 channels, full resolution: 1.9 GB against 0.47
-    GB), more than the cache holds, so it went back to memory as well.
+    tile, so all of it, a few MB, stays in the GPU's L2 cache. With a scratch tile per output tile
+    (as before 2026-11-27), the paper preset's kernels wrote 7 MB to 1.9 GB of float32 scratch per
+    call on a 640x480 batch of 8, up to 4 times the map itself (MDTA at 96 channels, full
+    resolution: 1.9 GB against 0.47 GB), more than the cache holds, so it went back to memory as
+    well.
     """
 
     def __init__(self, x: torch.Tensor, config: KernelConfig, scratch_columns: int) -> None:
