@@ -165,13 +165,15 @@ if section fused-tiles; then
     # loads of the depth-wise taps): float32 scratch, tap-major taps, tiles whose output fills its
     # power-of-two pixels, register limits (more programs a multiprocessor), 64 hidden channels a
     # step, heads split into two parts (no padded columns); then the paper preset with the
-    # default tiles and with the fastest timed; then the wide blocks in the plain arithmetic
+    # default tiles and with the fastest timed; then the wide blocks in the plain arithmetic.
+    # The configs that execute the fewest instructions (fused_instruction_budget.py, 2026-11-28)
+    # come first, in case the time runs out
     log "fused kernels: CUDA tests"
     run timeout 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
     log "fused kernels: config options at 48 and 96 channels; the paper preset with the fastest"
     run timeout 300 "$PY" benchmarks/bench_fused_stages.py --channels 48 96 --runs 10 --warmup 2 --programs-per-sm \
-        --tiles 6x14:8:f32 6x14:4:f32 6x14:8:tap 8x8:8 8x8:8:f32 4x16:8:f32 4x16:8:f32:s64 8x8:8:128:f32 \
-        4x16:8:128:f32 6x14:8:split 8x8:8:f32:split --network
+        --tiles 4x16:8:f32:s64 4x16:8:f32 8x8:8:f32 8x8:4:f32 4x16:4:f32 6x14:8:f32 6x14:4:f32 8x8:8:f32:split \
+        4x16:8:f32:s64:split 8x8:8:128:f32 8x8:8 --network
     log "wide blocks: inference kernels, plain arithmetic, fused"
     run timeout 60 "$PY" benchmarks/bench_fused_stages.py --channels 192 384 --stages block --plain --tiles \
         --programs-per-sm

@@ -1,14 +1,16 @@
 """The fused Triton kernels compiled for a GPU without one: registers, spills, shared memory.
 
     python benchmarks/kernel_resources.py [--preset paper default] [--precision bf16]
-        [--arch 90] [--tiles default 6x14:8 ...] [--channels 48 96]
+        [--arch 90] [--tiles default 6x14:8 ...] [--channels 48 96] [--sass]
 
 Compiles each kernel of ``upfusion.model.fused_kernels`` that a preset runs (every Transformer
 block: MDTA's statistics and the GDFN that applies the attention; every TCPM: the cross-attention's
 statistics and its GDFN) at that block's width, with Triton's compiler for a CUDA architecture
 (90: H100; the default), and reads what ``ptxas`` (bundled with Triton) reports: registers per
 thread, bytes spilled to local memory, and the shared memory Triton allocates. No GPU is needed:
-this is how the kernels' tiles and warp counts were chosen while no GPU was lent.
+this is how the kernels' tiles and warp counts were chosen while no GPU was lent. ``--sass``
+also estimates from the kernel's SASS the warp instructions it executes per output pixel (and
+of those, the local-memory loads and stores of spilled registers; see ``sass_loops.py``).
 
 Spilled registers go to local memory, through the cache, on every use: a memory-bound kernel
 that spills loses the point of fusing. A program needs at most 255 registers per thread and
@@ -26,9 +28,10 @@ import subprocess
 import tempfile
 
 import torch
+from sass_loops import disassemble, executed_per_tile, instructions, kernel_trips, loops
 
 from upfusion.model import fused_kernels
-from upfusion.model.blocks import TransformerBlock
+from upfusion.model.blocks import TransformerBlock, ffn_hidden_width
 from upfusion.model.network import UPFusion
 from upfusion.model.tcpm import TCPM
 from upfusion.presets import PRESETS
@@ -52,6 +55,10 @@ class Resources:
     spill_stores: int  # bytes per thread
     spill_loads: int
     shared: int  # bytes per program
+    # (--sass) warp instructions executed per output pixel of a tile inside the map, estimated
+    # from the SASS, and of them local-memory loads and stores (spilled registers)
+    per_pixel: float | None = None
+    local_per_pixel: float | None = None
 
 
 def preset_variants(preset: str) -> list[tuple[str, int, int]]:
@@ -78,9 +85,11 @@ def compile_variant(
     config: fused_kernels.KernelConfig,
     compute: torch.dtype = torch.bfloat16,
     arch: int = 90,
+    sass: bool = False,
 ) -> Resources:
     """Compiles one kernel variant for ``sm_{arch}`` with the arguments ``fused_kernels`` passes
-    it (maps and weights in ``compute``, as in the network under autocast; fp32 otherwise)."""
+    it (maps and weights in ``compute``, as in the network under autocast; fp32 otherwise).
+    ``sass``: with the instruction estimate (GDFN's hidden width: the presets' 2.66 expansion)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
@@ -96,10 +105,11 @@ def compile_variant(
         options["maxnreg"] = constants.pop("maxnreg")
     data = TRITON_NAMES[compute]
     float32 = ("ln", "dw", "gram", "q_sq", "k_sq")  # LayerNorm weights, taps, sums
+    step = config.hidden_slice or fused_kernels.hidden_slice(channels)
     if kind == "gdfn":
         kernel = triton_kernels.gdfn_residual_kernel
         constants.update(
-            SLICE=config.hidden_slice or fused_kernels.hidden_slice(channels),
+            SLICE=step,
             WITH_ATTENTION=flag,
             OUT_DTYPE=constants["DOT_DTYPE"],
         )
@@ -133,7 +143,17 @@ def compile_variant(
         log = subprocess.run(command, capture_output=True, text=True, check=True).stderr
     registers = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    return Resources(int(registers.group(1)), int(spills.group(1)), int(spills.group(2)), compiled.metadata.shared)
+    found = Resources(int(registers.group(1)), int(spills.group(1)), int(spills.group(2)), compiled.metadata.shared)
+    if not sass:
+        return found
+    from triton import knobs
+
+    listing, labels = instructions(disassemble(compiled.asm["cubin"], knobs.nvidia.nvdisasm.path))
+    slices = -(-ffn_hidden_width(channels, 2.66) // step)
+    executed = executed_per_tile(listing, loops(listing, labels), kernel_trips(kind, slices, heads))
+    per_warp = options["num_warps"] / (config.tile[0] * config.tile[1])  # warps per output pixel
+    local = sum(count for name, count in executed.items() if name.startswith(("LDL", "STL")))
+    return dataclasses.replace(found, per_pixel=executed.total() * per_warp, local_per_pixel=local * per_warp)
 
 
 def main() -> None:
@@ -145,6 +165,7 @@ def main() -> None:
         "--tiles", nargs="+", default=["default"], help="configs to compare, in KernelConfig.parse's notation"
     )
     parser.add_argument("--channels", nargs="+", type=int, help="only the kernels of these widths")
+    parser.add_argument("--sass", action="store_true", help="estimate instructions per output pixel from the SASS")
     args = parser.parse_args()
     try:
         import triton
@@ -153,8 +174,9 @@ def main() -> None:
         parser.exit(1, f"kernel_resources.py: needs Triton with its CUDA backend ({error})\n")
 
     print(f"<!-- Triton {triton.__version__}, sm_{args.arch}, {args.precision} -->\n")
-    print("| preset | kernel | channels | heads | tile | warps | registers | spilled (bytes) | shared (KiB) |")
-    print("|---|---|---:|---:|---|---:|---:|---:|---:|")
+    sass = " instructions a pixel | of them local |" if args.sass else ""
+    print(f"| preset | kernel | channels | heads | tile | warps | registers | spilled (bytes) | shared (KiB) |{sass}")
+    print("|---|---|---:|---:|---|---:|---:|---:|---:|" + ("---:|---:|" if args.sass else ""))
     for preset in args.preset:
         for variant, channels, heads in preset_variants(preset):
             if args.channels and channels not in args.channels:
@@ -163,11 +185,12 @@ def main() -> None:
                 config = fused_kernels.KernelConfig.parse(
                     text, fused_kernels.default_config(channels, VARIANTS[variant][0])
                 )
-                found = compile_variant(variant, channels, heads, config, DTYPES[args.precision], args.arch)
+                found = compile_variant(variant, channels, heads, config, DTYPES[args.precision], args.arch, args.sass)
                 tile = "x".join(map(str, config.tile)) + " (default)" if text == "default" else text
+                counts = f" {found.per_pixel:,.0f} | {found.local_per_pixel:,.0f} |" if args.sass else ""
                 print(
                     f"| {preset} | {variant} | {channels} | {heads} | {tile} | {config.num_warps} | "
-                    f"{found.registers} | {found.spill_stores} | {found.shared / 1024:.0f} |",
+                    f"{found.registers} | {found.spill_stores} | {found.shared / 1024:.0f} |{counts}",
                     flush=True,
                 )
 
