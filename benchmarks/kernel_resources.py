@@ -46,6 +46,7 @@ VARIANTS = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TRITON_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 ALIGNED_INTS = {"height", "width", "channels", "hidden_padded", "head_width"}  # multiples of 16 in the presets
+EXPANSION = PRESETS["paper"].ffn_expansion_factor  # (2.66, as in every preset)
 TILING = ("tile_columns", "tile_rows", "tiles")  # the kernels' last integer arguments (fused_kernels._Launch)
 
 
@@ -89,7 +90,7 @@ def compile_variant(
 ) -> Resources:
     """Compiles one kernel variant for ``sm_{arch}`` with the arguments ``fused_kernels`` passes
     it (maps and weights in ``compute``, as in the network under autocast; fp32 otherwise).
-    ``sass``: with the instruction estimate (GDFN's hidden width: the presets' 2.66 expansion)."""
+    ``sass``: with the instruction estimate (the GDFN's hidden width at every preset's expansion)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
@@ -149,7 +150,7 @@ def compile_variant(
     from triton import knobs
 
     listing, labels = instructions(disassemble(compiled.asm["cubin"], knobs.nvidia.nvdisasm.path))
-    slices = -(-ffn_hidden_width(channels, 2.66) // step)
+    slices = -(-ffn_hidden_width(channels, EXPANSION) // step)
     executed = executed_per_tile(listing, loops(listing, labels), kernel_trips(kind, slices, heads))
     per_warp = options["num_warps"] / (config.tile[0] * config.tile[1])  # warps per output pixel
     local = sum(count for name, count in executed.items() if name.startswith(("LDL", "STL")))
