@@ -2,9 +2,9 @@
 
     python benchmarks/onnx_fuse.py MODEL.onnx A.png B.png OUT.png
 
-A: visible / MRI; B: infrared / CT / PET (8-bit files of one size). This is what ``upfusion
-fuse`` does around the network: the BT.601 luma of each source, padded at the bottom and right
-to a multiple of 8, fused by the graph, cropped back and clamped; the Cb and Cr of the colour
+A: visible / MRI; B: infrared / CT / PET (8-bit files of one size, any size). This is what
+``upfusion fuse`` does around the network: the BT.601 luma of each source, fused by the graph
+(which pads to a multiple of 8 and crops back itself) and clamped; the Cb and Cr of the colour
 source (A if it has colour, else B) are put back. The result is ``upfusion fuse``'s when the
 file's ``upfusion.upscale`` is the factor ``upfusion fuse`` uses for the pair (with the bundled
 weights: 2 for images of up to 2^19 pixels, 1 above), to a few 8-bit levels where onnxruntime's
@@ -39,20 +39,11 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2] if rgb.ndim == 3 else rgb
 
 
-def pad8(y: np.ndarray) -> np.ndarray:
-    """[H, W] padded at the bottom and right to multiples of 8: mirrored, or the edge repeated for sides under 8."""
-    h, w = y.shape
-    ph, pw = -h % 8, -w % 8
-    y = np.pad(y, [(0, 0), (0, pw)], mode="reflect" if pw < w else "edge")
-    return np.pad(y, [(0, ph), (0, 0)], mode="reflect" if ph < h else "edge")
-
-
 def fuse(session: onnxruntime.InferenceSession, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The fused image of two ``read`` results of one size, uint8 ([H, W] or [H, W, 3])."""
-    h, w = a.shape[:2]
-    inputs = {"a": pad8(luma(a))[None, None], "b": pad8(luma(b))[None, None]}  # [1, 1, H8, W8] float32
+    inputs = {"a": luma(a)[None, None], "b": luma(b)[None, None]}  # [1, 1, H, W] float32
     (fused,) = session.run(["fused"], inputs)
-    y = np.clip(fused[0, 0, :h, :w], 0.0, 1.0)  # unclamped luma out: crop, then clamp
+    y = np.clip(fused[0, 0], 0.0, 1.0)  # unclamped luma out
     colour = a if a.ndim == 3 else (b if b.ndim == 3 else None)
     if colour is None:
         return np.rint(y * np.float32(255)).astype(np.uint8)

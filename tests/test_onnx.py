@@ -1,4 +1,4 @@
-"""ONNX export: dynamic sizes, onnxruntime agrees with PyTorch; the CLI; a clear message without the extra."""
+"""ONNX export: any size, onnxruntime agrees with PyTorch; the CLI; a clear message without the extra."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def exported(tmp_path_factory):
     path = folder / "out" / "small.onnx"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = main(["export-onnx", str(path), "--weights", str(record), "--check", "96x64", "48x40"])
+        status = main(["export-onnx", str(path), "--weights", str(record), "--check", "96x64", "83x61", "48x40"])
     model, stored_text = load_network(record)
     return model, stored_text, path, record, status, printed.getvalue()
 
@@ -56,18 +56,53 @@ def test_onnxruntime_matches_pytorch_on_several_sizes_and_batches(exported):
     from upfusion.onnx_export import check_onnx
 
     model, text, path = exported[:3]
-    checks = check_onnx(path, model, text, sizes=((64, 96), (40, 24), (120, 160), (16, 24)))
-    checks += check_onnx(path, model, text, sizes=((32, 48),), batch=3)
+    checks = check_onnx(path, model, text, sizes=((64, 96), (40, 24), (120, 160), (16, 24), (61, 83)))
+    checks += check_onnx(path, model, text, sizes=((32, 48), (29, 43)), batch=3)
     assert [(c.height, c.width, c.batch) for c in checks] == [
         (64, 96, 1),
         (40, 24, 1),
         (120, 160, 1),
         (16, 24, 1),
+        (61, 83, 1),
         (32, 48, 3),
+        (29, 43, 3),
     ]
     # (at 8x8 the latent map is one pixel: every normalised q.k logit is +-1, and onnxruntime and
     # PyTorch break the top-k ties differently, so that size is not compared)
     assert max(c.max_abs_diff for c in checks) < 1e-4
+
+
+def test_graph_padding_is_the_pipeline_padding():
+    """The exported module's tensor padding gives upfusion fuse's numpy padding (reflect, or the
+    edge repeated for sides too short to mirror), sizes 1 to 24 and multiples of 8 unchanged."""
+    from upfusion.imaging import pad_to_multiple as numpy_pad
+    from upfusion.onnx_export import pad_to_multiple
+
+    x = np.random.default_rng(0).random((2, 24, 24), dtype=np.float32)
+    for height in range(1, 25):
+        for width in (1, 3, 4, 5, 7, 8, 13, 16):
+            part = x[:, :height, :width]
+            padded = pad_to_multiple(torch.from_numpy(part)).numpy()
+            assert np.array_equal(padded, numpy_pad(part)), (height, width)
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_graph_takes_any_size_and_gives_upfusion_fuse_luma(exported):
+    """Sizes that are not multiples of 8 run (the graph pads as upfusion fuse does and crops back)
+    and give the luma of upfusion fuse's own pipeline (its numpy padding, its inference kernels)."""
+    import onnxruntime
+
+    _, _, path, record, _, _ = exported
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    fuser = upfusion.load(record, device="cpu", upscale=1, tile=None)
+    g = np.random.default_rng(3)
+    for batch, height, width in ((1, 61, 83), (1, 64, 96), (2, 13, 30), (1, 5, 17)):
+        a, b = (g.random((batch, 1, height, width), dtype=np.float32) for _ in range(2))
+        (graph_out,) = session.run(["fused"], {"a": a, "b": b})
+        assert graph_out.shape == (batch, 1, height, width)
+        pipeline = fuser._fuse_luma(a[:, 0], b[:, 0])
+        assert np.abs(graph_out[:, 0] - pipeline).max() < 1e-4, (height, width)
 
 
 @needs_onnx
@@ -86,7 +121,7 @@ def test_exported_graph_has_two_dynamic_inputs_and_the_prompt_inside(exported):
     assert meta["upfusion.upscale"] == "1" and meta["upfusion.version"] == upfusion.__version__
     assert meta["upfusion.weights"] == str(exported[3]) and meta["upfusion.prompt"] == "p"
     assert meta["upfusion.weights_sha256"] == record["weights_sha256"] and meta["upfusion.text_encoder"] == "t"
-    assert "multiples of 8" in meta["upfusion.inputs"] and "clamp to [0, 1]" in meta["upfusion.output"]
+    assert "any H and W" in meta["upfusion.inputs"] and "clamp to [0, 1]" in meta["upfusion.output"]
     assert not any(f.name.endswith(".tmp") for f in path.parent.iterdir())  # written by rename
 
 
@@ -96,9 +131,9 @@ def test_export_onnx_command(exported, capsys):
     _, _, path, record, status, printed = exported
     assert status == 0 and path.is_file()
     assert torch.is_grad_enabled()  # the command leaves autograd as it found it
-    assert "96x64: max |onnxruntime - torch|" in printed and "48x40" in printed
-    assert main(["export-onnx", str(path), "--weights", str(record), "--check", "90x64"]) == 1
-    assert "multiples of 8" in capsys.readouterr().err
+    assert "96x64: max |onnxruntime - torch|" in printed and "83x61" in printed and "48x40" in printed
+    assert main(["export-onnx", str(path), "--weights", str(record), "--check", "90"]) == 1
+    assert "size '90' is not WIDTHxHEIGHT" in capsys.readouterr().err
     for skip in (["--check", "none"], ["--check"]):  # the file is written, nothing compared
         again = path.with_name(f"again{len(skip)}.onnx")
         assert main(["export-onnx", str(again), "--weights", str(record), *skip]) == 0
@@ -129,6 +164,10 @@ def test_enlarged_export_reproduces_upfusion_fuse_upscale(exported, capsys):
     assert np.abs(graph_out[:, 0] - pipeline).max() < 1e-4
     one_x = upfusion.load(record, device="cpu", upscale=1, tile=None)._fuse_luma(a[:, 0], b[:, 0])
     assert np.abs(graph_out[:, 0] - one_x).max() > 1e-3  # (the enlargement changes the result)
+    a, b = (g.random((1, 1, 37, 53), dtype=np.float32) for _ in range(2))  # padded, enlarged, cropped
+    (graph_out,) = session.run(["fused"], {"a": a, "b": b})
+    assert graph_out.shape == (1, 1, 37, 53)
+    assert np.abs(graph_out[:, 0] - fuser._fuse_luma(a[:, 0], b[:, 0])).max() < 1e-4
     assert main(["export-onnx", str(enlarged), "--weights", str(record), "--upscale", "0"]) == 1
     assert "--upscale must be a whole number >= 1, not '0'" in capsys.readouterr().err
 

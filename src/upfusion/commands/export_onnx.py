@@ -7,10 +7,10 @@ import argparse
 DESCRIPTION = """\
 Exports the network of a checkpoint (default: the bundled default weights) to ONNX with
 dynamic batch, height and width, the checkpoint's prompt embedding baked in. Inputs "a" and
-"b": [N, 1, H, W] float32 BT.601 luma (0.299 R + 0.587 G + 0.114 B) in [0, 1], H and W
-multiples of 8 (pad the bottom and right by reflection, or repeat the edge of a side under 8,
-as `upfusion fuse` does; other sizes fail inside onnxruntime); output "fused": [N, 1, H, W],
-unclamped (crop, clamp to [0, 1]; put colour back as Y of the colour source's YCbCr).
+"b": [N, 1, H, W] float32 BT.601 luma (0.299 R + 0.587 G + 0.114 B) in [0, 1], any H and W
+(the graph pads them to multiples of 8 at the bottom and right as `upfusion fuse` does, and
+crops back); output "fused": [N, 1, H, W], unclamped (clamp to [0, 1]; put colour back as Y
+of the colour source's YCbCr).
 benchmarks/onnx_fuse.py does all this with numpy, Pillow and onnxruntime only. With --upscale
 K the graph fuses the pair enlarged K times (each pixel a K x K block) and averages the output
 back to [N, 1, H, W], as `upfusion fuse --upscale K` does (K^2 times the work; the file's
@@ -45,9 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--check",
         nargs="*",
-        default=["96x64", "160x120", "256x256", "640x480"],
+        default=["96x64", "160x120", "256x256", "640x480", "83x61"],
         metavar="WxH",
-        help="sizes to compare onnxruntime with PyTorch on (default: 96x64 160x120 256x256 640x480; "
+        help="sizes to compare onnxruntime with PyTorch on (default: 96x64 160x120 256x256 640x480 83x61; "
         "'none', or no size, skips the check)",
     )
     p.add_argument(
@@ -75,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
         sizes = [] if args.check == ["none"] else [parse_size(text) for text in args.check]
     except ValueError as exc:
         raise UpfusionError(f"--check: {exc}") from None
-    if any(h % 8 or w % 8 for h, w in sizes):
-        raise UpfusionError("--check: sizes must be multiples of 8")
     upscale = check_upscale(args.upscale, "--upscale", allow_auto=False)
     checkpoint = resolve_weights(args.weights)
     record, record_path, weights_path = read_record(checkpoint)
