@@ -118,10 +118,33 @@ def test_bad_source_or_output_paths_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     for src, out, message in (
         (str(tmp_path / "folder.pth"), str(tmp_path / "out"), "folder.pth: is a folder, not a checkpoint file"),
-        (parity, str(tmp_path / "file"), "file: is a file, not an output folder"),
-        (parity, str(tmp_path / "file" / "sub"), "sub: cannot write the converted checkpoint"),
+        (parity, str(tmp_path / "file"), "file: is a file, not a folder"),
+        (parity, str(tmp_path / "file" / "sub"), f"sub: {tmp_path / 'file'} is not a folder"),
     ):
         assert main(["convert-official", src, out, "--text-embedding", str(tmp_path / "t.npy")]) == 1
         err = capsys.readouterr().err
         assert err.startswith("upfusion convert-official: error: ") and message in err and err.count("\n") == 1
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_unwritable_output_folder_fails_before_reading_the_checkpoint(tmp_path, capsys, monkeypatch):
+    """OUT_DIR that is a file, lies under a file, or whose record name is a folder: one line naming
+    the path, before the .pth is read and the model built (not at the save after them)."""
+    import upfusion.pretrained.convert as convert
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was read although the output cannot be written")
+
+    monkeypatch.setattr(convert, "read_official_state_dict", never)
+    parity = str(shared_path("reference", "parity", "tiny_seed0.pth"))
+    file, out = tmp_path / "file", tmp_path / "out"
+    file.write_text("x")
+    (out / "mine.json").mkdir(parents=True)
+    for out_dir, name, message in (
+        (file, "upfusion", f"{file}: is a file, not a folder"),
+        (file / "a" / "b", "upfusion", f"{file / 'a' / 'b'}: {file} is not a folder"),
+        (out, "mine", f"{out / 'mine.json'}: is a folder, not a file"),
+    ):
+        assert main(["convert-official", parity, str(out_dir), "--name", name]) == 1
+        assert capsys.readouterr().err == f"upfusion convert-official: error: OUT_DIR {message}\n"
+    assert file.read_text() == "x" and [p.name for p in out.iterdir()] == ["mine.json"]

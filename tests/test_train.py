@@ -496,6 +496,26 @@ def test_output_folder_problems_are_one_line_errors(folders, tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # nothing created for a run that never started
 
 
+def test_unwritable_out_fails_before_training_starts(folders, tmp_path, capsys, monkeypatch):
+    """upfusion train --out that is a file or lies under one: one line naming the path, before the
+    pairs are read and the model built (it failed at the first write, after them)."""
+    import upfusion.train
+
+    def never(*args, **kwargs):
+        raise AssertionError("training started although --out cannot be a folder")
+
+    monkeypatch.setattr(upfusion.train, "train", never)
+    (tmp_path / "file").write_text("x")
+    data = ["--data", str(folders / "vi"), str(folders / "ir"), "--steps", "1", "--no-progress"]
+    for out, message in (
+        (tmp_path / "file", "is a file, not a folder"),
+        (tmp_path / "file" / "run", f"{tmp_path / 'file'} is not a folder"),
+    ):
+        assert main(["train", *data, "--out", str(out)]) == 1
+        assert capsys.readouterr().err == f"upfusion train: error: --out {out}: {message}\n"
+    assert (tmp_path / "file").read_text() == "x"
+
+
 def test_errors_before_training(folders, tmp_path):
     with pytest.raises(UpfusionError, match="give steps or epochs, not both"):
         train(_config(folders, tmp_path / "x", epochs=1), progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..pretrained.convert import convert_official
+    from .output_paths import check_output_file, check_output_folder
 
+    # before reading the .pth and building the model (seconds to minutes), not at the save after them
+    out_dir = Path(args.out_dir)
+    check_output_folder(out_dir, "OUT_DIR")
+    for suffix in (".json", ".safetensors"):
+        check_output_file(out_dir / f"{args.name}{suffix}", "OUT_DIR")
     record = convert_official(
         args.src, args.out_dir, text_embedding=args.text_embedding, name=args.name, clip_weights=args.clip_weights
     )

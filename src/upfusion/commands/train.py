@@ -156,8 +156,11 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..train import train
+    from .output_paths import check_output_folder
 
     config = build_config(args)
+    # before the pairs are read and the model built, not when the first file is written after them
+    check_output_folder(config.out, "--out")
     final = train(config, resume=getattr(args, "resume", None), progress=not getattr(args, "no_progress", False))
     if final.exists() and os.environ.get("RANK", "0") == "0":
         print(f"upfusion train: wrote {final}")
