@@ -516,6 +516,43 @@ def test_unwritable_out_fails_before_training_starts(folders, tmp_path, capsys, 
     assert (tmp_path / "file").read_text() == "x"
 
 
+def test_training_folders_are_listed_once(folders, tmp_path, monkeypatch):
+    """The held-out draw, the training set and the held-out validation set share one listing of
+    each training folder (each was listed and paired three times)."""
+    import upfusion.pairing
+
+    listed: list[Path] = []
+    real = upfusion.pairing.list_images
+
+    def counting(folder):
+        listed.append(Path(folder))
+        return real(folder)
+
+    monkeypatch.setattr(upfusion.pairing, "list_images", counting)
+    train(_config(folders, tmp_path / "run", steps=1, val_holdout=2, val_every=1, val_max_pairs=1), progress=False)
+    assert sorted(listed) == [folders / "ir", folders / "vi"]
+
+
+@pytest.mark.parametrize(("seed", "holdout", "held_out"), [(0, 2, ["03", "04"]), (7, 3, ["03", "04", "05"])])
+def test_held_out_pairs_are_those_of_earlier_versions(folders, tmp_path, monkeypatch, seed, holdout, held_out):
+    """The seeded --val-holdout draw picks the pairs it picked before the folders were indexed
+    once (recorded then), and the training set is the rest."""
+    import upfusion.data
+
+    made: list[list[str]] = []
+
+    class Recorded(upfusion.data.FusionPairs):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(list(self.stems))
+
+    monkeypatch.setattr(upfusion.data, "FusionPairs", Recorded)
+    config = _config(folders, tmp_path / "run", seed=seed, steps=1, batch_size=1, val_holdout=holdout, val_every=1)
+    train(config, progress=False)
+    training = [s for s in ["00", "01", "02", "03", "04", "05"] if s not in held_out]
+    assert made == [training, held_out]
+
+
 def test_errors_before_training(folders, tmp_path):
     with pytest.raises(UpfusionError, match="give steps or epochs, not both"):
         train(_config(folders, tmp_path / "x", epochs=1), progress=False)

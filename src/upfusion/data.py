@@ -118,6 +118,8 @@ class FusionPairs(Dataset):
       [``DOWNSCALE_MIN``, 1) (antialiased, both sources alike): finer detail per pixel, as in
       small images such as 256x256 medical slices, than a crop at the cameras' own scale.
     - ``exclude``: stems to leave out (held-out validation pairs).
+    - ``index``: ``index_pairs(sources)`` when the caller has it already, so that the folders are
+      not listed and paired again (training indexes them once for the held-out draw and both sets).
     - Images are decoded once and kept in memory as uint8 (about 1.3 bytes per pixel per
       source); luma is computed per crop.
     """
@@ -136,6 +138,7 @@ class FusionPairs(Dataset):
         seed: int = 0,
         exclude: Sequence[str] = (),
         only: Sequence[str] | None = None,
+        index: PairIndex | None = None,
     ) -> None:
         if small not in ("pad", "skip"):
             raise ValueError(f"small must be 'pad' or 'skip', not {small!r}")
@@ -157,7 +160,8 @@ class FusionPairs(Dataset):
         self.downscale = downscale
         self.seed = seed
         self.epoch = 0
-        index = index_pairs(sources)
+        if index is None:
+            index = index_pairs(sources)
         self.unmatched = index.unmatched
         excluded = set(exclude)
         wanted = set(only) if only is not None else None

@@ -555,10 +555,12 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         torch.backends.cudnn.allow_tf32 = False
     use_bf16 = (config.amp == "bf16") or (config.amp == "auto" and device.type == "cuda")
 
-    # data
+    # data: the training folders are listed and paired once, for the held-out draw and both sets
+    sources = [tuple(p) for p in config.data]
+    index = index_pairs(sources)
     held_out: list[str] = []
     if config.val_holdout:
-        stems = [stem for stem, _, _ in index_pairs([tuple(p) for p in config.data]).pairs]
+        stems = [stem for stem, _, _ in index.pairs]
         if config.val_holdout >= len(stems):
             raise UpfusionError(
                 f"val_holdout {config.val_holdout}: the training data has {len(stems)} pairs; "
@@ -567,7 +569,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         rng = np.random.default_rng(config.seed)
         held_out = sorted(str(s) for s in rng.choice(stems, size=config.val_holdout, replace=False))
     dataset = FusionPairs(
-        [tuple(p) for p in config.data],
+        sources,
         crop=config.crop,
         small=config.small,
         flips=config.flips,
@@ -577,13 +579,14 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
         downscale=config.downscale,
         seed=config.seed,
         exclude=held_out,
+        index=index,
     )
     val_set = None
     if config.val_every:
         if config.val_data:
             val_set = FusionPairs([tuple(p) for p in config.val_data], crop=None)
         elif held_out:
-            val_set = FusionPairs([tuple(p) for p in config.data], crop=None, only=held_out)
+            val_set = FusionPairs(sources, crop=None, only=held_out, index=index)
         else:
             raise UpfusionError("validation asked (val_every) but no val_data and no val_holdout")
     per_step = config.batch_size * dist_info.world
