@@ -17,6 +17,8 @@ import csv
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from sass_loops import opcode  # (the SASS read from a cubin without a GPU: the same opcodes)
+
 SAMPLES = "Warp Stall Sampling (All Samples)"
 EXECUTED = "Instructions Executed"
 
@@ -37,12 +39,6 @@ def kernels(path: Path) -> dict[str, list[dict[str, str]]]:
     if name is not None and name not in found:
         found[name] = rows
     return found
-
-
-def opcode(source: str) -> str:
-    """The opcode of a SASS line, its predicate dropped (``@!P5 LDG.E.128 R1, ...`` -> ``LDG.E.128``)."""
-    words = source.split()
-    return words[1] if words and words[0].startswith("@") else (words[0] if words else "?")
 
 
 def summarize(name: str, rows: list[dict[str, str]], top: int) -> str:
