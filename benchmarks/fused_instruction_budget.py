@@ -22,13 +22,11 @@ import argparse
 from collections import Counter
 
 import torch
-from kernel_resources import VARIANTS, compile_variant
+from kernel_resources import VARIANTS, compile_variant, module_kernels
 
 from upfusion.benchmark import parse_size
 from upfusion.model import fused_kernels
-from upfusion.model.blocks import TransformerBlock
 from upfusion.model.network import UPFusion
-from upfusion.model.tcpm import TCPM
 from upfusion.presets import PRESETS
 
 H100_ISSUE = 132 * 4 * 1.98e9  # warp instructions a second at full issue (H100 SXM, boost clock)
@@ -43,16 +41,11 @@ def kernel_launches(preset: str) -> Counter:
     found = Counter()
 
     def record(module: torch.nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
-        x = inputs[0]
-        share = x.shape[2] * x.shape[3] / PROBE**2
-        if isinstance(module, TransformerBlock):
-            for variant in ("mdta", "gdfn+attention"):
-                found[(variant, x.shape[1], module.attn.heads, share)] += 1
-        else:
-            for variant in ("cross-attention", "gdfn"):
-                found[(variant, x.shape[1], module.select_attn.heads, share)] += 1
+        share = inputs[0].shape[2] * inputs[0].shape[3] / PROBE**2
+        for variant, channels, heads in module_kernels(module):
+            found[(variant, channels, heads, share)] += 1
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (TransformerBlock, TCPM))]
+    hooks = [m.register_forward_hook(record) for m in model.modules() if module_kernels(m)]
     with torch.inference_mode():
         image = torch.rand(1, 1, PROBE, PROBE)
         model(image, image, torch.zeros(1, config.text_dim))

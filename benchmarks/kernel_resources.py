@@ -62,19 +62,24 @@ class Resources:
     local_per_pixel: float | None = None
 
 
+def module_kernels(module: torch.nn.Module) -> list[tuple[str, int, int]]:
+    """(variant, channels, heads) of the fused kernels a Transformer block or a TCPM launches
+    (each once a call); none for other modules."""
+    if isinstance(module, TransformerBlock):
+        c, heads = module.norm1.body.weight.shape[0], module.attn.heads
+        return [("mdta", c, heads), ("gdfn+attention", c, heads)]
+    if isinstance(module, TCPM):
+        c, heads = module.norm1.body.weight.shape[0], module.select_attn.heads
+        return [("cross-attention", c, heads), ("gdfn", c, heads)]
+    return []
+
+
 def preset_variants(preset: str) -> list[tuple[str, int, int]]:
     """(variant, channels, heads) of every fused kernel the preset's network runs, widest last."""
     config = PRESETS[preset].replace(semantic_backbone=None)  # (the backbone runs no fused kernel)
     with torch.device("meta"):
         model = UPFusion(config)
-    found = set()
-    for module in model.modules():
-        if isinstance(module, TransformerBlock):
-            c, heads = module.norm1.body.weight.shape[0], module.attn.heads
-            found |= {("mdta", c, heads), ("gdfn+attention", c, heads)}
-        elif isinstance(module, TCPM):
-            c, heads = module.norm1.body.weight.shape[0], module.select_attn.heads
-            found |= {("cross-attention", c, heads), ("gdfn", c, heads)}
+    found = {variant for module in model.modules() for variant in module_kernels(module)}
     order = list(VARIANTS)
     return sorted(found, key=lambda v: (v[1], v[2], order.index(v[0])))
 
