@@ -86,12 +86,13 @@ def executed_per_tile(found: list[str], nest: list[Loop], trips: Callable[[Loop,
     outermost loop (the tile loop, once per tile) times the trip counts of the loops around it
     (``trips(loop, nest)``; instructions outside every loop run once per program and are left out)."""
     tile_loop = nest[0]
+    loop_trips = {loop: trips(loop, nest) for loop in nest[1:]}
     executed = Counter()
     for index in range(tile_loop.start, tile_loop.end + 1):
         times = 1
-        for loop in nest[1:]:
+        for loop, count in loop_trips.items():
             if loop.start <= index <= loop.end:
-                times *= trips(loop, nest)
+                times *= count
         executed[opcode(found[index])] += times
     return executed
 
