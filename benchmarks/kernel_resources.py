@@ -122,7 +122,7 @@ def compile_variant(
         ints = {"height", "width", "channels", "hidden_padded", *TILING}
     else:
         kernel = triton_kernels.attention_statistics_kernel
-        constants.update(fused_kernels.attention_constants(channels // heads, config), SAME_INPUT=flag)
+        constants.update(fused_kernels.attention_constants(channels // heads), SAME_INPUT=flag)
         ints = {"height", "width", "channels", "heads", "head_width", *TILING}
     signature = {}
     for name in kernel.arg_names:

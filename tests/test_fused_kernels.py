@@ -215,10 +215,8 @@ HALF = [f"{stage} 48 1 20x33 {precision}" for stage in STAGES for precision in (
 # the depth-wise scratch in float32 rather than bf16 (KernelConfig.float32_scratch), and the taps
 # tap-major, in bf16 arithmetic: the same values as the default layouts
 SCRATCH = [f"block 48 1 20x33 bf16 6x14{options}" for options in ("", ":f32", ":tap")]
-# every option at once (64 hidden channels a step; heads of 48 as 32 + 16), and heads of 96 as
-# 64 + 32, in fp32 (against the plain arithmetic)
-OPTIONS = [f"{stage} 96 2 9x17 fp32 4x16:8:168:f32:s64:tap:split" for stage in ("block", "tcpm")]
-OPTIONS += ["mdta 96 1 9x17 fp32 6x14:split"]
+# every option at once (64 hidden channels a step), in fp32 (against the plain arithmetic)
+OPTIONS = [f"{stage} 96 2 9x17 fp32 4x16:8:168:f32:s64:tap" for stage in ("block", "tcpm")]
 
 
 @pytest.fixture(scope="module")
@@ -277,29 +275,19 @@ def test_fused_stage_with_every_config_option(interpreted, check):
     assert errors["fused_max"] < 1e-4, errors
 
 
-def test_heads_split_into_two_powers_of_two_where_they_can():
-    from upfusion.model.fused_kernels import head_parts
-
-    assert [head_parts(d) for d in (16, 48, 96, 128)] == [(16, 0), (64, 0), (128, 0), (128, 0)]
-    assert [head_parts(d, split=True) for d in (16, 48, 96, 128)] == [(16, 0), (32, 16), (64, 32), (128, 0)]
-    assert head_parts(40, split=True) == (64, 0)  # 32 + 8: a part under 16 columns is no matrix product
-    assert head_parts(80, split=True) == (64, 16)
-    assert head_parts(112, split=True) == (128, 0)  # 64 + 48: not a power of two
-
-
 def test_kernel_configs_read_from_text():
     from upfusion.model.fused_kernels import KernelConfig
 
     assert KernelConfig.parse("6x14") == KernelConfig((6, 14))
-    assert KernelConfig.parse("4x16:4:168:f32:s64:tap:split") == KernelConfig(
-        (4, 16), 4, 168, float32_scratch=True, hidden_slice=64, tap_major=True, split_heads=True
+    assert KernelConfig.parse("4x16:4:168:f32:s64:tap") == KernelConfig(
+        (4, 16), 4, 168, float32_scratch=True, hidden_slice=64, tap_major=True
     )
-    for text in ("6x14:8", "4x16:4:168:f32:s64:tap:split", "8x8:8:128:f32"):
+    for text in ("6x14:8", "4x16:4:168:f32:s64:tap", "8x8:8:128:f32"):
         assert KernelConfig.parse(text).notation() == text
     default = KernelConfig((6, 14), num_warps=4)
     assert KernelConfig.parse("default", default) is default
     assert KernelConfig.parse("default:8:f32", default) == KernelConfig((6, 14), 8, float32_scratch=True)
-    for bad in ("6x14:fp32", "default", "6x14:s"):
+    for bad in ("6x14:fp32", "default", "6x14:s", "6x14:split"):
         with pytest.raises(ValueError, match="not a kernel config"):
             KernelConfig.parse(bad)
 

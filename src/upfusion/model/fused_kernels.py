@@ -150,7 +150,8 @@ class KernelConfig:
     max_registers: int | None = None
     # the depth-wise convolution's scratch tile in float32 rather than the compute dtype: twice
     # the bytes, no conversion on each of the nine reads (about a quarter of the GDFN kernel's
-    # instructions on the H100 were bf16 -> float32 conversions)
+    # instructions on the H100 were bf16 -> float32 conversions); on an H200 (2026-11-28) no
+    # block was faster with it, and the attention kernel was slower (it waits on those reads)
     float32_scratch: bool = False
     # the hidden channels the GDFN kernel takes per step; None: ``hidden_slice(channels)``
     hidden_slice: int | None = None
@@ -159,11 +160,6 @@ class KernelConfig:
     # H100); compiled for an H100 by Triton 3.6, the vector loads spill 20-100 bytes a thread in
     # the GDFN kernel at the timed tiles (none channel-major): untimed
     tap_major: bool = False
-    # a head of d channels, d not a power of two, as two parts that are (48 = 32 + 16, 96 = 64 +
-    # 32) rather than padded to the next (64, 128): a third fewer projections and depth-wise
-    # products in the attention kernel (the paper preset's heads are 48 and 96 wide), four Gram
-    # products instead of one (``head_parts``)
-    split_heads: bool = False
 
     def notation(self) -> str:
         """This config in ``parse``'s notation."""
@@ -172,21 +168,19 @@ class KernelConfig:
         options += ["f32"] if self.float32_scratch else []
         options += [f"s{self.hidden_slice}"] if self.hidden_slice else []
         options += ["tap"] if self.tap_major else []
-        options += ["split"] if self.split_heads else []
         return ":".join(options)
 
     @classmethod
     def parse(cls, text: str, default: KernelConfig | None = None) -> KernelConfig:
-        """``ROWSxCOLS[:WARPS][:REGISTERS][:f32][:sSLICE][:tap][:split]`` (the benchmarks'
-        notation): ``f32`` a float32 scratch, ``s64`` 64 hidden channels a step, ``tap`` tap-major
-        taps, ``split`` split heads; ``default`` for ROWSxCOLS takes ``default``'s tile, and its
-        warps if none are given."""
+        """``ROWSxCOLS[:WARPS][:REGISTERS][:f32][:sSLICE][:tap]`` (the benchmarks' notation):
+        ``f32`` a float32 scratch, ``s64`` 64 hidden channels a step, ``tap`` tap-major taps;
+        ``default`` for ROWSxCOLS takes ``default``'s tile, and its warps if none are given."""
         if text == "default" and default is not None:
             return default
         tile, *options = text.split(":")
         numbers = [int(option) for option in options if option.isdigit()]
         slices = [int(option[1:]) for option in options if option[:1] == "s" and option[1:].isdigit()]
-        unknown = set(options) - {str(n) for n in numbers} - {f"s{n}" for n in slices} - {"f32", "tap", "split"}
+        unknown = set(options) - {str(n) for n in numbers} - {f"s{n}" for n in slices} - {"f32", "tap"}
         if unknown or (tile == "default" and default is None):
             raise ValueError(f"not a kernel config: {text!r}")
         rows, cols = default.tile if tile == "default" else map(int, tile.split("x"))
@@ -197,7 +191,6 @@ class KernelConfig:
             float32_scratch="f32" in options,
             hidden_slice=slices[0] if slices else None,
             tap_major="tap" in options,
-            split_heads="split" in options,
         )
 
 
@@ -211,7 +204,8 @@ def hidden_slice(channels: int) -> int:
 def default_config(channels: int, kernel: str = "gdfn") -> KernelConfig:
     """The tiles of ``kernel`` ("gdfn" or "attention") for maps of ``channels``: smaller for
     wider maps. At 48 and 96 channels (the paper preset's full and half resolution) the fastest
-    timed on an H100 (2026-11-27, ``benchmarks/bench_fused_stages.py``, batch 8, bf16); at other
+    timed on an H100 (2026-11-27, ``benchmarks/bench_fused_stages.py``, batch 8, bf16; still the
+    fastest blocks among nine other configs on an H200, 2026-11-28); at other
     widths the largest that compile for an H100 (``benchmarks/kernel_resources.py``, Triton 3.6
     and 3.8) spilling no registers or a few (16 bytes at most; at 384 channels every tile spills
     some, 24-132 bytes a thread at 2x6). The timed attention tiles at 96 channels with one head
@@ -284,24 +278,11 @@ def kernel_constants(channels: int, config: KernelConfig, compute: torch.dtype) 
     )  # fmt: skip
 
 
-def head_parts(head_width: int, split: bool = False) -> tuple[int, int]:
-    """The attention kernel's two parts of a head of ``head_width`` channels (its HEAD_A and
-    HEAD_B): the width padded to a power of two and nothing; or, ``split``, two powers of two of
-    at least 16 that make it up exactly, where there are such (48: 32 and 16; 96: 64 and 32)."""
-    padded = _next_power_of_2(head_width)
-    first, rest = padded // 2, head_width - padded // 2
-    if split and padded != head_width and rest >= 16 and rest & (rest - 1) == 0:
-        return first, rest
-    return padded, 0
-
-
-def attention_constants(head_width: int, config: KernelConfig) -> dict:
-    """The attention kernel's own compile-time constants for heads of ``head_width`` channels."""
-    head_a, head_b = head_parts(head_width, config.split_heads)
-    return dict(
-        HEAD_A=head_a, HEAD_B=head_b,
-        CHUNK_A=min(head_a, PROJECTION_CHUNK), CHUNK_B=min(head_b, PROJECTION_CHUNK),
-    )  # fmt: skip
+def attention_constants(head_width: int) -> dict:
+    """The attention kernel's own compile-time constants for heads of ``head_width`` channels:
+    the head padded to a power of two (HEAD_P) and the columns made at a time (CHUNK)."""
+    head_p = _next_power_of_2(head_width)
+    return dict(HEAD_P=head_p, CHUNK=min(head_p, PROJECTION_CHUNK))
 
 
 def _triton_dtype(dtype: torch.dtype):
@@ -460,8 +441,8 @@ def _attention_statistics(
     n, c, height, width = xq.shape
     head_width = c // heads
     config = config or _config or default_config(c, "attention")
-    constants = attention_constants(head_width, config)
-    launch = _Launch(xq, config, constants["HEAD_A"])
+    constants = attention_constants(head_width)
+    launch = _Launch(xq, config, constants["HEAD_P"])
     layout = (launch.compute, config.tap_major)
     weights = _prepared_weights(owner, modules, layout, lambda: make_weights(launch.compute, config.tap_major))
     xq = xq.contiguous(memory_format=torch.channels_last)

@@ -241,50 +241,7 @@ def gdfn_residual_kernel(
 
 
 @triton.jit
-def head_columns(
-    normed, inside, inside_out, w_ptr, dw_ptr, col0, channels, scratch,
-    BLOCK_C: tl.constexpr, HALO_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-    OUT_P: tl.constexpr, COLS: tl.constexpr, CHUNK: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, EMULATED: tl.constexpr, TAP_MAJOR: tl.constexpr,
-):  # fmt: skip
-    """q, k or v on the COLS columns from ``col0`` at the output tile's pixels, 0 at pixels
-    outside the image (they must not count in the sums); [OUT_P, COLS]."""
-    y = pointwise_depthwise(
-        normed, inside, w_ptr, channels, dw_ptr, col0, COLS, channels, scratch,
-        BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, COLS, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
-    )  # fmt: skip
-    return tl.where(inside_out[:, None], y, 0.0)
-
-
-@triton.jit
-def store_columns(values_ptr, v, pixel, inside_out, col0, channels, COLS: tl.constexpr):
-    """v [OUT_P, COLS] into the COLS columns from ``col0`` of the channels-last ``values``."""
-    out = values_ptr + pixel[:, None] * channels + col0 + tl.arange(0, COLS)[None, :]
-    tl.store(out, v.to(values_ptr.dtype.element_ty), mask=inside_out[:, None])
-
-
-@triton.jit
-def add_gram(
-    gram_ptr, q, k, row0, col0, head_width,
-    ROWS: tl.constexpr, COLS: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    EMULATED: tl.constexpr,
-):  # fmt: skip
-    """Adds ``q^T k`` (q: [OUT_P, ROWS], k: [OUT_P, COLS]) to a head's Gram matrix (``gram_ptr``:
-    its d x d values) at its rows from ``row0`` and columns from ``col0``."""
-    i, j = tl.arange(0, ROWS), tl.arange(0, COLS)
-    gram = dot(operand(tl.trans(q), DOT_DTYPE, EMULATED), operand(k, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
-    offsets = (row0 + i[:, None]) * head_width + col0 + j[None, :]
-    tl.atomic_add(gram_ptr + offsets, gram, sem="relaxed")  # (see one_part_head)
-
-
-@triton.jit
-def add_squares(sq_ptr, y, COLS: tl.constexpr):
-    """Adds the squared norms of y's COLS columns to ``sq_ptr[0:COLS]``."""
-    tl.atomic_add(sq_ptr + tl.arange(0, COLS), tl.sum(y * y, axis=0), sem="relaxed")
-
-
-@triton.jit
-def one_part_head(
+def head_statistics(
     normed_q, normed_kv, inside, inside_out, pixel, n, h, col0, heads, head_width, channels,
     values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
     BLOCK_C: tl.constexpr, HALO_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
@@ -324,86 +281,24 @@ def one_part_head(
 
 
 @triton.jit
-def head_part(
-    normed_q, normed_kv, inside, inside_out, pixel, col0, channels, values_ptr, scratch,
-    wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
-    BLOCK_C: tl.constexpr, HALO_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-    OUT_P: tl.constexpr, COLS: tl.constexpr, CHUNK: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, EMULATED: tl.constexpr, TAP_MAJOR: tl.constexpr,
-):  # fmt: skip
-    """The COLS columns of a head from ``col0``: v written, q and k returned ([OUT_P, COLS])."""
-    v = head_columns(
-        normed_kv, inside, inside_out, wv_ptr, dwv_ptr, col0, channels, scratch,
-        BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, COLS, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
-    )  # fmt: skip
-    store_columns(values_ptr, v, pixel, inside_out, col0, channels, COLS)
-    q = head_columns(
-        normed_q, inside, inside_out, wq_ptr, dwq_ptr, col0, channels, scratch,
-        BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, COLS, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
-    )  # fmt: skip
-    k = head_columns(
-        normed_kv, inside, inside_out, wk_ptr, dwk_ptr, col0, channels, scratch,
-        BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, COLS, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
-    )  # fmt: skip
-    return q, k
-
-
-@triton.jit
-def two_part_head(
-    normed_q, normed_kv, inside, inside_out, pixel, n, h, col0, heads, head_width, channels,
-    values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
-    BLOCK_C: tl.constexpr, HALO_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-    OUT_P: tl.constexpr, HEAD_A: tl.constexpr, HEAD_B: tl.constexpr, CHUNK_A: tl.constexpr,
-    CHUNK_B: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATED: tl.constexpr,
-    TAP_MAJOR: tl.constexpr,
-):  # fmt: skip
-    """``one_part_head`` for a head of exactly HEAD_A + HEAD_B columns, made as two parts (no
-    padded columns, so no masks): the Gram matrix from four products, one per pair of parts."""
-    col_b = col0 + HEAD_A
-    q_a, k_a = head_part(
-        normed_q, normed_kv, inside, inside_out, pixel, col0, channels, values_ptr, scratch,
-        wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
-        BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_A, CHUNK_A, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
-    )  # fmt: skip
-    q_b, k_b = head_part(
-        normed_q, normed_kv, inside, inside_out, pixel, col_b, channels, values_ptr, scratch,
-        wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
-        BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_B, CHUNK_B, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
-    )  # fmt: skip
-    gram = gram_ptr + (n * heads + h) * head_width * head_width  # the head's d x d matrix
-    add_gram(gram, q_a, k_a, 0, 0, head_width, HEAD_A, HEAD_A, DOT_DTYPE, PRECISION, EMULATED)
-    add_gram(gram, q_a, k_b, 0, HEAD_A, head_width, HEAD_A, HEAD_B, DOT_DTYPE, PRECISION, EMULATED)
-    add_gram(gram, q_b, k_a, HEAD_A, 0, head_width, HEAD_B, HEAD_A, DOT_DTYPE, PRECISION, EMULATED)
-    add_gram(gram, q_b, k_b, HEAD_A, HEAD_A, head_width, HEAD_B, HEAD_B, DOT_DTYPE, PRECISION, EMULATED)
-    add_squares(q_sq_ptr + n * channels + col0, q_a, HEAD_A)
-    add_squares(k_sq_ptr + n * channels + col0, k_a, HEAD_A)
-    add_squares(q_sq_ptr + n * channels + col_b, q_b, HEAD_B)
-    add_squares(k_sq_ptr + n * channels + col_b, k_b, HEAD_B)
-
-
-@triton.jit
 def attention_statistics_kernel(
     xq_ptr, xkv_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch_ptr,
     lnq_w_ptr, lnq_b_ptr, lnkv_w_ptr, lnkv_b_ptr, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
     height, width, channels, heads, head_width, tile_columns, tile_rows, tiles,
-    BLOCK_C: tl.constexpr, HEAD_A: tl.constexpr, HEAD_B: tl.constexpr, CHUNK_A: tl.constexpr,
-    CHUNK_B: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_P: tl.constexpr,
-    OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATED: tl.constexpr,
-    TAP_MAJOR: tl.constexpr, SAME_INPUT: tl.constexpr,
+    BLOCK_C: tl.constexpr, HEAD_P: tl.constexpr, CHUNK: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    HALO_P: tl.constexpr, OUT_P: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATED: tl.constexpr, TAP_MAJOR: tl.constexpr, SAME_INPUT: tl.constexpr,
 ):  # fmt: skip
     """A channel attention's pass over the map, head by head: q = dwconv(conv1x1(LNq(xq)))
     and k, v = dwconv(conv1x1(LNkv(xkv))) (MDTA: one map and one LayerNorm, ``SAME_INPUT``; TCPM's
     cross-attention: two). Adds each tile's share of each head's Gram matrix q_h^T k_h and of the
     squared norms of q and k to ``gram`` [N, heads, d, d] and ``q_sq``, ``k_sq`` [N, C] (float32),
-    and writes v to ``values`` [N, H*W, C]. (``q``/``k``/``v`` weights: [C, C], input-major.)
-
-    A head's d columns are one part of HEAD_A columns (d of them used: HEAD_A is d padded to a
-    power of two) and HEAD_B = 0, or two parts of exactly HEAD_A + HEAD_B = d columns (48 = 32 +
-    16: no padded columns, four Gram products; ``KernelConfig.split_heads``). Each projection is
-    made CHUNK_A or CHUNK_B columns at a time (see ``project_to_scratch``). Each program takes
-    every num_programs-th output tile, as ``gdfn_residual_kernel``."""
+    and writes v to ``values`` [N, H*W, C]. (``q``/``k``/``v`` weights: [C, C], input-major.) A
+    head's d columns are padded to HEAD_P, a power of two. Each projection is made CHUNK columns
+    at a time (see ``project_to_scratch``). Each program takes every num_programs-th output tile,
+    as ``gdfn_residual_kernel``."""
     program = tl.program_id(0)
-    scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * HEAD_A)
+    scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * HEAD_P)
     for t in range(program, tiles, tl.num_programs(0)):
         tile_w, tile_h, n = tile_of(t, tile_columns, tile_rows)
         pixel_h, inside = halo_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, HALO_P)
@@ -418,17 +313,8 @@ def attention_statistics_kernel(
 
         for h in range(heads):
             col0 = h * head_width
-            if HEAD_B == 0:
-                one_part_head(
-                    normed_q, normed_kv, inside, inside_out, pixel, n, h, col0, heads, head_width, channels,
-                    values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr,
-                    dwv_ptr, BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_A, CHUNK_A, DOT_DTYPE, PRECISION,
-                    EMULATED, TAP_MAJOR,
-                )  # fmt: skip
-            else:
-                two_part_head(
-                    normed_q, normed_kv, inside, inside_out, pixel, n, h, col0, heads, head_width, channels,
-                    values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr,
-                    dwv_ptr, BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_A, HEAD_B, CHUNK_A, CHUNK_B, DOT_DTYPE,
-                    PRECISION, EMULATED, TAP_MAJOR,
-                )  # fmt: skip
+            head_statistics(
+                normed_q, normed_kv, inside, inside_out, pixel, n, h, col0, heads, head_width, channels,
+                values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
+            )  # fmt: skip
