@@ -136,7 +136,8 @@ fi
 if section fused-compiled; then
     # the rest of each Restormer block compiled around the fused kernels (a graph break at each
     # kernel), and the 192- and 384-channel blocks, which run the inference kernels, compiled whole
-    # (the H200, 2026-11-28: 3.0 ms a block of batch 8 eagerly, against 0.2 ms of arithmetic)
+    # (the H200, 2026-11-28: 3.0 ms a block of batch 8 eagerly, against 0.2 ms of arithmetic).
+    # Timed on an H200 (2026-11-28): 535 ms a batch compiled against 371 eager
     log "fused kernels, eager and with the blocks compiled, paper, bf16, batch 8"
     run timeout 60 "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 --arithmetic fused \
         --batch 8 --runs 10 --warmup 2 --timeout 50 --json "$OUT/bench_fused_eager.json"
@@ -171,7 +172,8 @@ if section fused-tiles; then
     # step, heads split into two parts (no padded columns); then the paper preset with the
     # default tiles and with the fastest timed; then the wide blocks in the plain arithmetic.
     # The configs that execute the fewest instructions (fused_instruction_budget.py, 2026-11-28)
-    # come first, in case the time runs out
+    # come first, in case the time runs out. Timed on an H200 (2026-11-28): none made a block
+    # faster than the default tiles (docs/performance.md)
     log "fused kernels: CUDA tests"
     run timeout 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_fused_kernels.py
     log "fused kernels: config options at 48 and 96 channels; the paper preset with the fastest"
