@@ -461,3 +461,17 @@ def test_compiled_fuser_runs_its_compiled_blocks_on_plain_arithmetic(monkeypatch
     np.testing.assert_allclose(tiled.fuse(a, b), eager_tiled.fuse(a, b), atol=1e-5)
     with pytest.raises(UpfusionError, match="compile must be one of blocks, model"):
         upfusion.load(checkpoint, device="cpu", compile="fast")
+
+
+def test_compile_warns_where_the_fused_kernels_run_without_it(monkeypatch, checkpoint):
+    """On Hopper GPUs in bf16 or fp16 the eager fused kernels beat the compiled blocks; the
+    fuser says so (here made to believe the kernels would run: this machine has no such GPU)."""
+    from upfusion.model import fused_kernels
+
+    monkeypatch.setattr(fused_kernels, "runs_for", lambda device, precision: True)
+    with pytest.warns(UserWarning, match="the fused kernels, which run without it, are faster"):
+        upfusion.load(checkpoint, device="cpu", compile="blocks")
+    monkeypatch.setattr(fused_kernels, "runs_for", lambda device, precision: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        upfusion.load(checkpoint, device="cpu", compile="blocks")

@@ -483,3 +483,18 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def test_the_kernels_run_by_default_on_hopper_gpus_in_half_precision(monkeypatch):
+    from upfusion.model import fused_kernels
+
+    cuda, cuda1 = torch.device("cuda"), torch.device("cuda", 1)
+    monkeypatch.setattr(fused_kernels, "_enabled", None)
+    monkeypatch.setattr(fused_kernels, "_timed_gpu", lambda index: index in (None, 1))  # (no GPU asked)
+    assert fused_kernels.runs_for(cuda, "bf16") and fused_kernels.runs_for(cuda1, "fp16")
+    assert not fused_kernels.runs_for(cuda, "fp32") and not fused_kernels.runs_for(torch.device("cpu"), "bf16")
+    assert not fused_kernels.runs_for(torch.device("cuda", 0), "bf16")  # not a Hopper GPU, say
+    monkeypatch.setattr(fused_kernels, "_enabled", True)
+    assert fused_kernels.runs_for(torch.device("cuda", 0), "bf16")
+    monkeypatch.setattr(fused_kernels, "_enabled", False)
+    assert not fused_kernels.runs_for(cuda, "bf16")

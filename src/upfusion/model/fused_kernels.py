@@ -87,6 +87,15 @@ def _timed_gpu(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (9, 0) and available()
 
 
+def runs_for(device: torch.device, precision: str) -> bool:
+    """Whether a network on ``device`` in ``precision`` ("fp32", "bf16" or "fp16") runs the
+    kernels: on a CUDA GPU, in bf16 or fp16, where they are on (``set_fused_kernels``; by default
+    on Hopper or later GPUs with Triton installed)."""
+    if device.type != "cuda" or precision == "fp32" or _enabled is False:
+        return False
+    return _enabled is True or _timed_gpu(device.index)
+
+
 def left_out() -> frozenset[int]:
     """The channel widths whose kernels did not fit this GPU since ``set_fused_kernels``: they run
     the inference kernels."""
