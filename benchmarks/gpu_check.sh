@@ -169,8 +169,9 @@ if section fused-tiles; then
     # quarter of the GDFN's instructions bf16 -> float32 conversions of the scratch tile, 8% scalar
     # loads of the depth-wise taps): float32 scratch, tap-major taps, tiles whose output fills its
     # power-of-two pixels, register limits (more programs a multiprocessor), 64 hidden channels a
-    # step, heads split into two parts (no padded columns); then the paper preset with the
-    # default tiles and with the fastest timed; then the wide blocks in the plain arithmetic.
+    # step (heads split into two parts were removed: an illegal memory access on the H200); then
+    # the paper preset with the default tiles and with the fastest timed; then the wide blocks in
+    # the plain arithmetic.
     # The configs that execute the fewest instructions (fused_instruction_budget.py, 2026-11-28)
     # come first, in case the time runs out. Timed on an H200 (2026-11-28): none made a block
     # faster than the default tiles (docs/performance.md)
