@@ -79,10 +79,15 @@ if section compile; then
 fi
 
 if section cudagraphs; then
-    log "compiled blocks with CUDA graphs (--compile-mode reduce-overhead), paper preset, bf16, batch 1 and 8"
-    run "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 --arithmetic plain \
-        --batch 1 8 --compile blocks --compile-mode reduce-overhead --runs 10 --warmup 3 \
-        --timeout "${COMPILE_SECONDS:-200}" --json "$OUT/bench_cudagraphs.json"
+    # the eager network (the fused kernels on Hopper GPUs) replayed from CUDA graphs
+    # (upfusion.cuda_graphs): one launch a call instead of about 3,000 from Python; batch 1 is where
+    # launching should weigh most (105 ms a pair on an H100 against 46 in batches of 8)
+    log "CUDA graphs: their CUDA tests; fused kernels, paper preset, bf16, batch 1 and 8, without and with"
+    run timeout 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_cuda_graphs.py
+    run timeout 150 "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 --arithmetic fused \
+        --batch 1 8 --runs 10 --warmup 2 --timeout 60 --json "$OUT/bench_eager.json"
+    run timeout 150 "$PY" -m upfusion bench --device cuda --preset paper --size 640x480 --precision bf16 --arithmetic fused \
+        --batch 1 8 --cuda-graphs --runs 10 --warmup 2 --timeout 60 --json "$OUT/bench_cudagraphs.json"
 fi
 
 if section large; then

@@ -43,6 +43,7 @@ class BenchCase:
     overlap: int = 64
     compile: str | None = None  # torch.compile: None, "model" (one graph) or "blocks" (each Restormer block)
     compile_mode: str | None = None  # torch.compile's mode ("reduce-overhead": CUDA graphs; "max-autotune"...)
+    cuda_graphs: bool = False  # the network replayed from CUDA graphs (upfusion.cuda_graphs), recorded in the warm-up
     threads: int | None = None  # torch.set_num_threads on the CPU; None keeps PyTorch's default
     weights: str | None = None  # a checkpoint instead of the preset's random initialisation
     huge_pages: bool = True  # THP_MEM_ALLOC_ENABLE in the measuring process (run_isolated only)
@@ -134,6 +135,7 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
 
     import torch
 
+    from .cuda_graphs import GraphedNetwork
     from .inference import inference_context, maybe_compile
     from .model import fast_ops, fused_kernels
     from .tiling import tiled_forward
@@ -146,6 +148,8 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
         raise ValueError("arithmetic 'fused' needs Triton and a CUDA GPU (or TRITON_INTERPRET=1 on the CPU)")
     if case.height % 8 or case.width % 8:
         raise ValueError(f"{case.width}x{case.height}: the network takes multiples of 8 (the pipeline pads)")
+    if case.cuda_graphs and (not case.device.startswith("cuda") or case.compile or case.tile or warmup < 2):
+        raise ValueError("cuda_graphs: a CUDA device, no compile or tile, and a warm-up of 2 calls or more")
     if case.threads:
         torch.set_num_threads(case.threads)
     result = BenchResult(case, threads=torch.get_num_threads(), huge_pages=os.environ.get(HUGE_PAGES_ENV) == "1")
@@ -165,6 +169,8 @@ def run_case(case: BenchCase, runs: int = 5, warmup: int = 1) -> BenchResult:
     b = torch.rand(case.batch, 1, case.height, case.width, generator=generator).to(device)
 
     network = maybe_compile(model, mode=case.compile_mode, scope=case.compile) if case.compile else model
+    if case.cuda_graphs:
+        network = GraphedNetwork(network)
 
     def call() -> None:
         if case.tile:
@@ -237,6 +243,7 @@ def markdown_table(results: list[BenchResult]) -> str:
         arithmetic = (
             c.arithmetic
             + (f" +compile ({', '.join(filter(None, (c.compile, c.compile_mode)))})" if c.compile else "")
+            + (" +CUDA graphs" if c.cuda_graphs else "")
             + (" (4 KiB pages)" if not c.huge_pages else "")
         )
         if r.error:

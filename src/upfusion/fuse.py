@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from . import imaging
+from .cuda_graphs import GraphedNetwork
 from .errors import UpfusionError
 from .imaging import FusedImage, SourceImage
 from .inference import COMPILE_SCOPES, PRECISIONS, average_blocks, cpu_has_native_bf16, enlarge, maybe_compile
@@ -167,6 +168,7 @@ class Fuser:
         compile: str | None = None,
         upscale: int | str = "auto",
         auto_upscale: int = 1,
+        cuda_graphs: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.precision = check_precision(precision, self.device)
@@ -188,6 +190,9 @@ class Fuser:
         # what runs: the model, or (compile=) its torch.compile'd self, eager again if compiling fails
         # (tiled inference calls the model's stages through it, with the blocks compiled in place)
         self.network = maybe_compile(self.model, scope=self.compile) if self.compile else self.model
+        check_cuda_graphs(cuda_graphs, self.device, self.compile)
+        # whole images (not tiles) replayed from CUDA graphs: one per image size and batch size
+        self.whole = GraphedNetwork(self.network) if cuda_graphs else self.network
         self._told: set[tuple[int, int]] = set()  # sizes already announced as tiled
 
     def __repr__(self) -> str:
@@ -317,8 +322,17 @@ class Fuser:
         arithmetic = fast_ops.plain_arithmetic() if self.compile else contextlib.nullcontext()
         with inference_context(self.device, self.precision), arithmetic:
             if tile is None:
-                return self.network(a, b, self.text).float()
+                return self.whole(a, b, self.text).float()
             return tiled_forward(self.network, a, b, self.text, tile=tile, overlap=min(self.overlap, tile // 2))
+
+
+def check_cuda_graphs(cuda_graphs: bool, device: torch.device, compile: str | None) -> None:
+    """CUDA graphs need a CUDA device, and do not go with ``compile`` (whose ``reduce-overhead``
+    mode makes graphs of its own)."""
+    if cuda_graphs and device.type != "cuda":
+        raise UpfusionError(f"cuda_graphs needs a CUDA device, not {device.type}")
+    if cuda_graphs and compile:
+        raise UpfusionError("cuda_graphs and compile do not go together: use one")
 
 
 def check_compile(compile: str | None) -> str | None:
@@ -427,6 +441,7 @@ def load(
     overlap: int | None = None,
     compile: str | None = None,
     upscale: int | str = "auto",
+    cuda_graphs: bool = False,
 ) -> Fuser:
     """A ready ``Fuser``.
 
@@ -445,6 +460,9 @@ def load(
     about a minute per input shape, that is per image size and batch size) or ``"model"`` (one
     graph; compiles for many minutes); a compiler failure warns and falls back to eager. Not on
     Hopper GPUs in bf16 or fp16, where the fused kernels run eagerly and faster (it warns).
+    ``cuda_graphs``: on a CUDA device, replay the network from a CUDA graph recorded on the
+    second call with each image size and batch size (``upfusion.cuda_graphs``; at most two
+    kept): one launch instead of thousands, for streams of one size; not with ``compile``.
     ``upscale``: N (a whole number) fuses every pair enlarged N times, each pixel a block of N x N,
     and averages each block of the fused image back to one pixel (N^2 times the network's work);
     ``"auto"`` (default) uses the weights' own factor (``"auto_upscale"`` in their record: 2 for
@@ -460,6 +478,7 @@ def load(
     precision = check_precision(precision, torch_device, warn=False)  # fail before loading weights
     check_tile(tile, overlap)
     check_compile(compile)
+    check_cuda_graphs(cuda_graphs, torch_device, compile)
     check_upscale(upscale)
     record, record_path, weights_path = read_record(checkpoint)  # read once: the network and auto_upscale
     try:
@@ -478,5 +497,6 @@ def load(
         overlap=overlap,
         compile=compile,
         upscale=upscale,
+        cuda_graphs=cuda_graphs,
         auto_upscale=auto_upscale,
     )

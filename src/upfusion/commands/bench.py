@@ -80,6 +80,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
         help="torch.compile's mode, with --compile (reduce-overhead: CUDA graphs)",
     )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay the network from CUDA graphs (upfusion.cuda_graphs; recorded during the warm-up, which "
+        "then needs at least 2 calls), as upfusion fuse --cuda-graphs; CUDA only, not with --compile or --tile",
+    )
     p.add_argument("--runs", type=int, default=5, metavar="N", help="timed calls (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed calls first (default 1)")
     p.add_argument(
@@ -154,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         raise UpfusionError("--runs and --batch must be at least 1, --warmup at least 0")
     if args.compile_mode and not args.compile:
         raise UpfusionError("--compile-mode needs --compile")
+    if args.cuda_graphs and (args.compile or args.tile or args.warmup < 2):
+        raise UpfusionError("--cuda-graphs goes without --compile and --tile, with --warmup 2 or more")
     overlap = args.overlap
     if overlap is None:  # as upfusion fuse's: 64, or half a smaller tile
         overlap = min(DEFAULT_OVERLAP, args.tile // 2) if args.tile else DEFAULT_OVERLAP
@@ -165,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
     for device in devices:
         if device == "cpu" and "fp16" in args.precision:
             raise UpfusionError("--precision fp16 runs on CUDA devices only")
+        if device == "cpu" and args.cuda_graphs:
+            raise UpfusionError("--cuda-graphs runs on CUDA devices only")
 
     cases = [
         BenchCase(
@@ -178,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             overlap=overlap,
             compile=args.compile,
             compile_mode=args.compile_mode,
+            cuda_graphs=args.cuda_graphs,
             threads=args.threads,
             huge_pages=args.huge_pages,
             **model,

@@ -181,6 +181,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or fp16, where the fused kernels run eagerly and faster; falls back to eager on "
         "failure; compiled code is kept for about two image sizes, further sizes run eagerly",
     )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay the network from a CUDA graph recorded on the second batch of each image size and batch "
+        "size (at most two kept): one launch instead of thousands, for streams of one size; CUDA only, not "
+        "with --compile",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="print each file written")
     p.set_defaults(func=run)
@@ -334,6 +341,7 @@ def _run(args: argparse.Namespace, rank: Any, who: str) -> int:
                 overlap=args.overlap,
                 compile=args.compile,
                 upscale=args.upscale,
+                cuda_graphs=args.cuda_graphs,
             )
         else:
             fuser = load(method=args.method)
