@@ -187,10 +187,10 @@ class Fuser:
                 UserWarning,
                 stacklevel=3,
             )
+        check_cuda_graphs(cuda_graphs, self.device, self.compile)  # (before compiling changes the model)
         # what runs: the model, or (compile=) its torch.compile'd self, eager again if compiling fails
         # (tiled inference calls the model's stages through it, with the blocks compiled in place)
         self.network = maybe_compile(self.model, scope=self.compile) if self.compile else self.model
-        check_cuda_graphs(cuda_graphs, self.device, self.compile)
         # whole images (not tiles) replayed from CUDA graphs: one per image size and batch size
         self.whole = GraphedNetwork(self.network) if cuda_graphs else self.network
         self._told: set[tuple[int, int]] = set()  # sizes already announced as tiled
