@@ -112,6 +112,26 @@ def test_at_most_max_graphs_are_kept(recorded):
     assert [key[0][0][3] for key in graphed.graphs] == [40, 24]
 
 
+def test_weights_changed_in_place_make_a_new_graph(recorded):
+    torch.manual_seed(0)
+    model = build_model(SMALL).eval()
+    text = torch.randn(16)
+    graphed = GraphedNetwork(model)
+    with torch.inference_mode():
+        a, b = pair(1)
+        graphed(a, b, text)
+        graphed(a, b, text)
+        assert len(recorded) == 1
+        graphed(a, b, text)  # replayed
+        with torch.no_grad():
+            model.refinement[0].ffn.project_out.weight.mul_(2.0)
+        changed = graphed(a, b, text)  # a new key: eager, then recorded on the next call
+        assert len(recorded) == 1
+        torch.testing.assert_close(changed, model(a, b, text), rtol=0, atol=1e-6)
+        graphed(a, b, text)
+    assert len(recorded) == 2
+
+
 def test_a_failed_recording_warns_once_and_that_shape_runs_eagerly(monkeypatch):
     tries = []
 

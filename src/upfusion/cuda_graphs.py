@@ -9,6 +9,11 @@ time it sees an input shape (the first call runs eagerly: it compiles the Triton
 prepares their weights) and replays it from then on; the graph keeps that call's memory, so it
 keeps at most ``max_graphs`` of them (the least recently used goes). Inputs are copied into the
 graph's own tensors and the output is copied out, so callers see ordinary tensors.
+
+A graph replays the memory addresses it recorded, so nothing it reads may be freed while it
+lives: autocast's cache of half-precision weights (emptied when the outermost autocast region
+ends) is off while recording, so the casts are recorded too; and weights changed in place after
+recording (which remakes the fused kernels' prepared copies of them) make new graphs.
 """
 
 from __future__ import annotations
@@ -42,14 +47,17 @@ def capture_graph(network: Callable[..., torch.Tensor], inputs: tuple[torch.Tens
     """Records one call of ``network`` on copies of ``inputs`` (CUDA tensors), after one call on a
     side stream, as CUDA graph capture requires (it sets up the libraries' workspaces)."""
     static = [x.clone() for x in inputs]
-    side = torch.cuda.Stream(device=static[0].device)
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        network(*static)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        output = network(*static)
+    autocast = torch.is_autocast_enabled("cuda")
+    uncached = torch.autocast("cuda", torch.get_autocast_dtype("cuda"), enabled=autocast, cache_enabled=False)
+    with uncached:
+        side = torch.cuda.Stream(device=static[0].device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            network(*static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = network(*static)
     return CapturedGraph(graph, static, output)
 
 
@@ -59,6 +67,7 @@ class GraphedNetwork:
 
     def __init__(self, network: Callable[..., torch.Tensor], max_graphs: int = MAX_GRAPHS) -> None:
         self.network = network
+        self.weights = list(network.parameters()) if isinstance(network, torch.nn.Module) else []
         self.max_graphs = max_graphs
         self.graphs: OrderedDict[tuple, CapturedGraph] = OrderedDict()
         self.seen: set[tuple] = set()
@@ -67,7 +76,7 @@ class GraphedNetwork:
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if not capturable(inputs):
             return self.network(*inputs)
-        key = graph_key(inputs)
+        key = (*graph_key(inputs), sum(w._version for w in self.weights))  # (in-place changes count up)
         graph = self.graphs.get(key)
         if graph is not None:
             self.graphs.move_to_end(key)
