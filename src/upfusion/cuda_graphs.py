@@ -3,12 +3,12 @@
 An eager call of the paper preset launches about 3,000 kernels, each from Python: at batch 1 on
 an H100 the call took 105 ms a pair against 46 ms a pair of GPU work in batches of 8 (the fused
 kernels), so at batch 1 most of the time is likely spent launching (not profiled). A CUDA graph
-records one call's
-kernels once and replays them with one launch. ``GraphedNetwork`` records a graph the second
-time it sees an input shape (the first call runs eagerly: it compiles the Triton kernels and
-prepares their weights) and replays it from then on; the graph keeps that call's memory, so it
-keeps at most ``max_graphs`` of them (the least recently used goes). Inputs are copied into the
-graph's own tensors and the output is copied out, so callers see ordinary tensors.
+records one call's kernels once and replays them with one launch. ``GraphedNetwork`` records a
+graph the second time it sees an input shape (the first call runs eagerly: it compiles the
+Triton kernels and prepares their weights) and replays it from then on; the graph keeps that
+call's memory, so it keeps at most ``max_graphs`` of them (the least recently used goes).
+Inputs are copied into the graph's own tensors and the output is copied out, so callers see
+ordinary tensors.
 
 A graph replays the memory addresses it recorded, so nothing it reads may be freed while it
 lives: autocast's cache of half-precision weights (emptied when the outermost autocast region
