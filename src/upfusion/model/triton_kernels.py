@@ -241,46 +241,6 @@ def gdfn_residual_kernel(
 
 
 @triton.jit
-def head_statistics(
-    normed_q, normed_kv, inside, inside_out, pixel, n, h, col0, heads, head_width, channels,
-    values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
-    BLOCK_C: tl.constexpr, HALO_P: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-    OUT_P: tl.constexpr, HEAD_P: tl.constexpr, CHUNK: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, EMULATED: tl.constexpr, TAP_MAJOR: tl.constexpr,
-):  # fmt: skip
-    """One head of ``attention_statistics_kernel`` at one tile, its d columns padded to HEAD_P:
-    v written, then q and k, their Gram matrix and squared norms added."""
-    j = tl.arange(0, HEAD_P)
-    j_ok = j < head_width
-    cols = col0 + j
-    # v, then q, then k through the one scratch tile; pixels outside the image count as 0.
-    # v is written first, so that it is not held with q and k.
-    v = pointwise_depthwise(
-        normed_kv, inside, wv_ptr, channels, dwv_ptr, col0, head_width, channels, scratch,
-        BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
-    )  # fmt: skip
-    out = values_ptr + pixel[:, None] * channels + cols[None, :]
-    tl.store(out, v.to(values_ptr.dtype.element_ty), mask=inside_out[:, None] & j_ok[None, :])
-    q = pointwise_depthwise(
-        normed_q, inside, wq_ptr, channels, dwq_ptr, col0, head_width, channels, scratch,
-        BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
-    )  # fmt: skip
-    q = tl.where(inside_out[:, None], q, 0.0)
-    k = pointwise_depthwise(
-        normed_kv, inside, wk_ptr, channels, dwk_ptr, col0, head_width, channels, scratch,
-        BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
-    )  # fmt: skip
-    k = tl.where(inside_out[:, None], k, 0.0)
-
-    gram = dot(operand(tl.trans(q), DOT_DTYPE, EMULATED), operand(k, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
-    g_offsets = ((n * heads + h) * head_width + j[:, None]) * head_width + j[None, :]
-    # relaxed: only the sums matter, and they are read after the kernel has ended
-    tl.atomic_add(gram_ptr + g_offsets, gram, mask=j_ok[:, None] & j_ok[None, :], sem="relaxed")
-    tl.atomic_add(q_sq_ptr + n * channels + cols, tl.sum(q * q, axis=0), mask=j_ok, sem="relaxed")
-    tl.atomic_add(k_sq_ptr + n * channels + cols, tl.sum(k * k, axis=0), mask=j_ok, sem="relaxed")
-
-
-@triton.jit
 def attention_statistics_kernel(
     xq_ptr, xkv_ptr, values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch_ptr,
     lnq_w_ptr, lnq_b_ptr, lnkv_w_ptr, lnkv_b_ptr, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
@@ -293,10 +253,9 @@ def attention_statistics_kernel(
     and k, v = dwconv(conv1x1(LNkv(xkv))) (MDTA: one map and one LayerNorm, ``SAME_INPUT``; TCPM's
     cross-attention: two). Adds each tile's share of each head's Gram matrix q_h^T k_h and of the
     squared norms of q and k to ``gram`` [N, heads, d, d] and ``q_sq``, ``k_sq`` [N, C] (float32),
-    and writes v to ``values`` [N, H*W, C]. (``q``/``k``/``v`` weights: [C, C], input-major.) A
-    head's d columns are padded to HEAD_P, a power of two. Each projection is made CHUNK columns
-    at a time (see ``project_to_scratch``). Each program takes every num_programs-th output tile,
-    as ``gdfn_residual_kernel``."""
+    and writes v to ``values`` [N, H*W, C]. (``q``/``k``/``v`` weights: [C, C], input-major.) Each
+    projection is made CHUNK columns at a time (see ``project_to_scratch``). Each program takes
+    every num_programs-th output tile, as ``gdfn_residual_kernel``."""
     program = tl.program_id(0)
     scratch = scratch_ptr + program.to(tl.int64) * (HALO_P * HEAD_P)
     for t in range(program, tiles, tl.num_programs(0)):
@@ -310,11 +269,34 @@ def attention_statistics_kernel(
             xkv = load_rows(xkv_ptr, pixel_h, inside, channels, BLOCK_C)
             normed_kv = layer_norm_rows(xkv, lnkv_w_ptr, lnkv_b_ptr, channels, BLOCK_C, DOT_DTYPE, EMULATED)
         pixel, inside_out = output_pixels(n, tile_h, tile_w, height, width, TILE_H, TILE_W, OUT_P)
+        j = tl.arange(0, HEAD_P)
+        j_ok = j < head_width
 
         for h in range(heads):
             col0 = h * head_width
-            head_statistics(
-                normed_q, normed_kv, inside, inside_out, pixel, n, h, col0, heads, head_width, channels,
-                values_ptr, gram_ptr, q_sq_ptr, k_sq_ptr, scratch, wq_ptr, wk_ptr, wv_ptr, dwq_ptr, dwk_ptr, dwv_ptr,
+            cols = col0 + j
+            # v, then q, then k through the one scratch tile; pixels outside the image count as 0.
+            # v is written first, so that it is not held with q and k.
+            v = pointwise_depthwise(
+                normed_kv, inside, wv_ptr, channels, dwv_ptr, col0, head_width, channels, scratch,
                 BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
             )  # fmt: skip
+            out = values_ptr + pixel[:, None] * channels + cols[None, :]
+            tl.store(out, v.to(values_ptr.dtype.element_ty), mask=inside_out[:, None] & j_ok[None, :])
+            q = pointwise_depthwise(
+                normed_q, inside, wq_ptr, channels, dwq_ptr, col0, head_width, channels, scratch,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
+            )  # fmt: skip
+            q = tl.where(inside_out[:, None], q, 0.0)
+            k = pointwise_depthwise(
+                normed_kv, inside, wk_ptr, channels, dwk_ptr, col0, head_width, channels, scratch,
+                BLOCK_C, HALO_P, TILE_H, TILE_W, OUT_P, HEAD_P, CHUNK, DOT_DTYPE, PRECISION, EMULATED, TAP_MAJOR,
+            )  # fmt: skip
+            k = tl.where(inside_out[:, None], k, 0.0)
+
+            gram = dot(operand(tl.trans(q), DOT_DTYPE, EMULATED), operand(k, DOT_DTYPE, EMULATED), PRECISION, EMULATED)
+            g_offsets = ((n * heads + h) * head_width + j[:, None]) * head_width + j[None, :]
+            # relaxed: only the sums matter, and they are read after the kernel has ended
+            tl.atomic_add(gram_ptr + g_offsets, gram, mask=j_ok[:, None] & j_ok[None, :], sem="relaxed")
+            tl.atomic_add(q_sq_ptr + n * channels + cols, tl.sum(q * q, axis=0), mask=j_ok, sem="relaxed")
+            tl.atomic_add(k_sq_ptr + n * channels + cols, tl.sum(k * k, axis=0), mask=j_ok, sem="relaxed")
